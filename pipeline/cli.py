@@ -1,0 +1,132 @@
+"""The `r3p` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from pipeline.config import PRESETS, ConfigError, R3PConfig, config_to_yaml, load_config
+
+
+def _config_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("configuration")
+    g.add_argument("--config", metavar="FILE", help="YAML configuration file")
+    g.add_argument("--preset", choices=PRESETS, help="named preset: tiny (CPU/tests) or paper (published sizes)")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one key, e.g. --set render.size=256 (repeatable)")
+    return p
+
+
+def _cfg(args: argparse.Namespace) -> R3PConfig:
+    return load_config(args.preset, args.config, args.overrides)
+
+
+def cmd_assets(args: argparse.Namespace) -> int:
+    from pipeline.assets import asset_table, format_table, rows_as_dicts
+
+    cfg = _cfg(args)
+    rows = asset_table(cfg.home, cfg.assets)
+    if args.json:
+        print(json.dumps({"r3p_home": str(cfg.home), "assets": rows_as_dicts(rows)}, indent=2))
+    else:
+        print(f"R3P_HOME = {cfg.home}\n")
+        print(format_table(rows))
+    return 0
+
+
+def cmd_convert_bfm(args: argparse.Namespace) -> int:
+    from preprocessing.bfm09 import convert_bfm09
+    from preprocessing.face_model import load_face_model
+
+    out = convert_bfm09(Path(args.dir), Path(args.out) if args.out else None)
+    model = load_face_model(out)
+    print(f"wrote {out} ({model.n_vertices} vertices, {model.n_faces} faces)")
+    return 0
+
+
+def cmd_synth_bfm(args: argparse.Namespace) -> int:
+    from preprocessing.synthetic_bfm import synthetic_bfm_arrays, write_bfm_mat
+
+    size = int(args.size) if str(args.size).isdigit() else args.size
+    path = write_bfm_mat(Path(args.out), synthetic_bfm_arrays(seed=args.seed, size=size))
+    print(f"wrote synthetic morphable model {path} (seed {args.seed}, size {size})")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    print(config_to_yaml(_cfg(args)), end="")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.demo import run_demo
+
+    cfg = _cfg(args)
+    meta = run_demo(cfg, Path(args.out))
+    kind = "SYNTHETIC morphable model (no BFM installed; see `r3p assets`)" if meta["face_model_synthetic"] \
+        else f"BFM {meta['face_model_source']}"
+    print(f"face model: {kind}, {meta['n_vertices']} vertices, {meta['n_faces']} faces")
+    print(f"rendered {meta['samples']} faces at {meta['render_size']}² in {meta['render_seconds']:.2f} s "
+          f"(total {meta['total_seconds']:.1f} s)")
+    print(f"contact sheet: {meta['contact_sheet']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    cfgp = _config_parent()
+    parser = argparse.ArgumentParser(
+        prog="r3p", description="r3p: data and training pipeline for one-shot 3D talking portraits.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("assets", parents=[cfgp], help="list external assets (found/missing, what they enable)",
+                       description="List every external asset r3p can use, with its status and how to obtain it.")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_assets)
+    asub = p.add_subparsers(dest="assets_command", metavar="ACTION")
+    c = asub.add_parser("convert-bfm", help="build BFM_model_front.mat from the BFM09 originals",
+                        description="Build BFM_model_front.mat (Deep3DFaceRecon layout) from 01_MorphableModel.mat, "
+                                    "Exp_Pca.bin, std_exp.txt, BFM_front_idx.mat, BFM_exp_idx.mat, "
+                                    "facemodel_info.mat in DIR (the transferBFM09 recipe).")
+    c.add_argument("dir", metavar="DIR", help="folder holding the originals")
+    c.add_argument("--out", help="output file (default DIR/BFM_model_front.mat)")
+    c.set_defaults(func=cmd_convert_bfm)
+    s = asub.add_parser("synth-bfm", help="write the synthetic morphable model in the BFM layout",
+                        description="Write the deterministic synthetic morphable model as a .mat in the "
+                                    "BFM_model_front layout (marked synthetic).")
+    s.add_argument("out", metavar="OUT", help="output .mat path")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size", default="bfm", help="'bfm' (35,709 vertices), 'small', or a vertex count")
+    s.set_defaults(func=cmd_synth_bfm)
+
+    p = sub.add_parser("config", parents=[cfgp], help="print the resolved configuration",
+                       description="Print the configuration after presets, file and --set overrides.")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("demo", parents=[cfgp], help="run the demo job end to end on the synthetic default",
+                       description="Run the end-to-end demo on the embedded default and print where outputs are.")
+    p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from preprocessing.face_model import FaceModelError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, FaceModelError, FileNotFoundError) as exc:
+        print(f"r3p {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

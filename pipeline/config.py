@@ -1,0 +1,189 @@
+"""r3p configuration: validated pydantic models from presets, YAML files and `--set` overrides.
+
+Precedence (later wins): built-in defaults < preset (`tiny`, `paper`) < YAML file < `--set key=value`.
+Unknown keys and bad values fail before any work starts, with the dotted key named.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PRESETS = ("tiny", "paper")
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message names it and what would be valid."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class FaceModelConfig(_Section):
+    """Which morphable model to use."""
+
+    path: Path | None = Field(None, description="BFM_model_front.mat; default $R3P_HOME/bfm/BFM_model_front.mat")
+    allow_synthetic: bool = Field(True, description="fall back to the synthetic model when no BFM is found")
+    synthetic_seed: int = Field(0, ge=0)
+    synthetic_size: Union[Literal["bfm", "small"], int] = Field(
+        "bfm", description="'bfm' = 35,709 vertices / 70,789 faces; 'small' for tests; or a vertex count")
+
+    @field_validator("synthetic_size")
+    @classmethod
+    def _size_range(cls, v: Any) -> Any:
+        if isinstance(v, int) and not 500 <= v <= 200_000:
+            raise ValueError("a vertex count must be between 500 and 200000")
+        return v
+
+
+class RenderConfig(_Section):
+    """Rasterisation of PNCC/SECC, depth, masks and shaded renders."""
+
+    size: int = Field(512, ge=16, le=4096, description="square output size in pixels")
+    remove_eyes: bool = Field(True, description="drop eye triangles from PNCC/SECC, as the reference")
+
+
+class DemoConfig(_Section):
+    samples: int = Field(4, ge=1, le=64, description="random faces in the demo contact sheet")
+    seed: int = Field(0, ge=0)
+
+
+class R3PConfig(_Section):
+    """The whole configuration."""
+
+    preset: str | None = None
+    home: Path = Field(default_factory=lambda: Path(os.environ.get("R3P_HOME", "~/.r3p")).expanduser(),
+                       description="where assets live ($R3P_HOME, default ~/.r3p)")
+    assets: dict[str, Path] = Field(default_factory=dict, description="explicit paths per asset key (`r3p assets`)")
+    face_model: FaceModelConfig = Field(default_factory=FaceModelConfig)
+    render: RenderConfig = Field(default_factory=RenderConfig)
+    demo: DemoConfig = Field(default_factory=DemoConfig)
+
+    @field_validator("assets")
+    @classmethod
+    def _known_assets(cls, v: dict[str, Path]) -> dict[str, Path]:
+        from pipeline.assets import ASSETS
+
+        unknown = sorted(set(v) - set(ASSETS))
+        if unknown:
+            raise ValueError(f"unknown asset key(s) {unknown}; known: {sorted(ASSETS)}")
+        return v
+
+
+def _preset_dict(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {list(PRESETS)}")
+    text = resources.files("pipeline").joinpath("presets", f"{name}.yaml").read_text()
+    return yaml.safe_load(text) or {}
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, info in model.model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys += _known_keys(ann, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def parse_override(item: str) -> dict[str, Any]:
+    """'a.b.c=value' -> {'a': {'b': {'c': value}}}; the value is parsed as YAML (numbers, bools, lists)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set render.size=256")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            section = key.rsplit(".", 1)[0] if "." in key else ""
+            near = [k for k in _known_keys(R3PConfig) if k.startswith(section + ".")] if section else \
+                sorted({k.split(".")[0] for k in _known_keys(R3PConfig)})
+            lines.append(f"unknown config key {key!r}; valid keys here: {', '.join(near)}")
+        else:
+            got = e.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"config key {key!r}: {e['msg']}{shown}")
+    return "; ".join(lines)
+
+
+def load_config(preset: str | None = None, path: str | os.PathLike | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> R3PConfig:
+    """Build the validated configuration from a preset, a YAML file and KEY=VALUE overrides."""
+    data: dict[str, Any] = {}
+    if preset:
+        data = _deep_merge(data, _preset_dict(preset))
+        data["preset"] = preset
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of keys, got {type(loaded).__name__}")
+        if loaded.get("preset") and not preset:
+            data = _deep_merge(_preset_dict(loaded["preset"]), data)
+        data = _deep_merge(data, loaded)
+    for item in overrides:
+        data = _deep_merge(data, parse_override(item))
+    try:
+        return R3PConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None
+
+
+def config_to_yaml(cfg: R3PConfig) -> str:
+    """The full resolved configuration as YAML (what runs log as an artifact)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def flat_params(cfg: R3PConfig) -> dict[str, Any]:
+    """Flat dotted scalar params (for MLflow `log_params`)."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = node
+
+    walk(cfg.model_dump(mode="json"), "")
+    return out

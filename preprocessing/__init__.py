@@ -1,0 +1,1 @@
+"""r3p preprocessing package."""

@@ -1,0 +1,78 @@
+"""Rendering the morphable model: SECC/PNCC, depth, face mask and SH-shaded albedo.
+
+Conventions (Real3D-Portrait): the SECC of a frame is the identity + expression shape drawn in
+canonical pose (euler = trans = 0) with the NCC of the mean shape as vertex colours, eye triangles
+removed, mapped to 2c − 1 with background −1. The posed PNCC is the same colouring in the frame's
+pose (for visualisation). Arrays are (B, H, W, C) float32, images in the camera of `face3d`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from preprocessing.face3d import Face3D, coeffs_tensor, join_coeffs
+from preprocessing.raster import Fragments, interpolate, rasterize
+
+
+@dataclass
+class FaceRender:
+    """One batch of renders at `size`², all (B, H, W, ·) float32 numpy arrays."""
+
+    shaded: np.ndarray  # (B, H, W, 3) SH-lit albedo in 0..1 (clipped), background 0
+    pncc: np.ndarray  # (B, H, W, 3) posed PNCC in [-1, 1], background −1, eyes removed
+    depth: np.ndarray  # (B, H, W) camera depth in decimetres, +inf for background
+    mask: np.ndarray  # (B, H, W) bool, any face triangle (eyes included)
+
+
+def _raster(face3d: Face3D, image_xyz: torch.Tensor, tri: np.ndarray, size: int) -> Fragments:
+    verts = image_xyz.detach().cpu().numpy().astype(np.float32)
+    return rasterize(verts, tri, size, size)
+
+
+def render_secc(face3d: Face3D, id_coeff, exp_coeff, size: int = 512, remove_eyes: bool = True) -> np.ndarray:
+    """Canonical-pose SECC (B, H, W, 3) in [-1, 1], background −1, for id (B, 80) and exp (B, 64)."""
+    id_t = torch.as_tensor(np.asarray(id_coeff), dtype=torch.float32).reshape(-1, 80)
+    exp_t = torch.as_tensor(np.asarray(exp_coeff), dtype=torch.float32).reshape(-1, 64)
+    coeffs = join_coeffs(id=id_t, exp=exp_t)
+    with torch.no_grad():
+        out = face3d(coeffs, size)
+    model = face3d.model
+    tri = model.tri_without_eyes() if remove_eyes else model.tri
+    frags = _raster(face3d, out.image_xyz, tri, size)
+    ncc = interpolate(frags, tri, model.ncc(), background=0.0)
+    return np.where(frags.mask[..., None], 2.0 * ncc - 1.0, -1.0).astype(np.float32)
+
+
+def render_face(face3d: Face3D, coeffs, size: int = 512, remove_eyes: bool = True) -> FaceRender:
+    """Shaded albedo, posed PNCC, depth and mask for (B, 257) coefficients at `size`²."""
+    c = coeffs_tensor(coeffs)
+    with torch.no_grad():
+        out = face3d(c, size)
+    model = face3d.model
+    frags = _raster(face3d, out.image_xyz, model.tri, size)
+    color = out.color.cpu().numpy()
+    shaded = np.clip(interpolate(frags, model.tri, color, background=0.0), 0.0, 1.0)
+    tri_pncc = model.tri_without_eyes() if remove_eyes else model.tri
+    frags_pncc = _raster(face3d, out.image_xyz, tri_pncc, size) if remove_eyes else frags
+    ncc = interpolate(frags_pncc, tri_pncc, model.ncc(), background=0.0)
+    pncc = np.where(frags_pncc.mask[..., None], 2.0 * ncc - 1.0, -1.0).astype(np.float32)
+    return FaceRender(shaded=shaded.astype(np.float32), pncc=pncc, depth=frags.depth, mask=frags.mask)
+
+
+def to_uint8(image: np.ndarray, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
+    """Map [lo, hi] floats to uint8 (for PNCC use lo = −1)."""
+    return (np.clip((image - lo) / (hi - lo), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def depth_to_uint8(depth: np.ndarray) -> np.ndarray:
+    """Near = bright grey-level visualisation of a depth map, background black."""
+    finite = np.isfinite(depth)
+    if not finite.any():
+        return np.zeros(depth.shape, np.uint8)
+    lo, hi = depth[finite].min(), depth[finite].max()
+    out = np.zeros(depth.shape, np.float32)
+    out[finite] = 0.25 + 0.75 * (hi - depth[finite]) / max(hi - lo, 1e-6)
+    return (out * 255).astype(np.uint8)

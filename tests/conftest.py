@@ -1,0 +1,57 @@
+"""Shared test fixtures: a tiny hand-built morphable model in the exact on-disk layout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def grid_model_arrays(n: int = 10, seed: int = 0) -> dict[str, np.ndarray]:
+    """An n×n planar grid in z = 0 (x, y in [-1, 1]) as BFM_model_front arrays (1-based indices).
+
+    Triangles are counter-clockwise seen from +z; bases are random but seeded.
+    """
+    rng = np.random.default_rng(seed)
+    xs = np.linspace(-1.0, 1.0, n)
+    gx, gy = np.meshgrid(xs, xs)  # row index = y
+    verts = np.stack([gx.ravel(), gy.ravel(), np.zeros(n * n)], axis=1)
+    tris = []
+    for r in range(n - 1):
+        for c in range(n - 1):
+            a, b, d, e = r * n + c, r * n + c + 1, (r + 1) * n + c, (r + 1) * n + c + 1
+            tris += [(a, b, e), (a, e, d)]  # CCW with x right, y up
+    tri = np.array(tris, dtype=np.int64)
+    f = len(tri)
+    point_buf = np.full((n * n, 8), f, dtype=np.int64)
+    fill = np.zeros(n * n, dtype=np.int64)
+    for fi, t in enumerate(tri):
+        for v in t:
+            point_buf[v, fill[v]] = fi
+            fill[v] += 1
+    n3 = 3 * n * n
+    return {
+        "meanshape": verts.reshape(1, -1),
+        "idBase": rng.normal(0, 0.01, (n3, 80)).astype(np.float32),
+        "exBase": rng.normal(0, 0.01, (n3, 64)),
+        "meantex": np.full((1, n3), 128.0, dtype=np.float32),
+        "texBase": rng.normal(0, 1.0, (n3, 80)).astype(np.float32),
+        "tri": tri + 1,
+        "point_buf": point_buf + 1,
+        "keypoints": (np.arange(68) + 1).reshape(1, 68).astype(np.float64),
+        "frontmask2_idx": (np.arange(n * n) + 1).reshape(-1, 1),
+        "tri_mask2": tri + 1,
+        "skinmask": np.ones((1, n * n)),
+    }
+
+
+@pytest.fixture
+def grid_model():
+    from preprocessing.face_model import face_model_from_arrays
+
+    return face_model_from_arrays(grid_model_arrays(), source="test-grid", recenter=False)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    """Never read the developer's real ~/.r3p in tests."""
+    monkeypatch.setenv("R3P_HOME", str(tmp_path / "r3p_home"))

@@ -1,0 +1,1 @@
+"""r3p training package."""
