@@ -41,7 +41,7 @@ def random_coeffs(rng: np.random.Generator, n: int) -> torch.Tensor:
 def run_demo(cfg: R3PConfig, out_dir: Path) -> dict:
     """Render the demo contact sheet into `out_dir`; returns a summary with the output paths."""
     t0 = time.perf_counter()
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     model = resolve_face_model(cfg)
     face3d = Face3D(model)
