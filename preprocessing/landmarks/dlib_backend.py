@@ -1,0 +1,101 @@
+"""dlib backend: HOG or CNN (MMOD) face detector + the 68-point iBUG shape predictor.
+
+Model files come from the `models/` folder of the pip package face_recognition_models (found
+without importing it) or from an explicit `models_dir`. Nothing is downloaded.
+
+Pixel convention: dlib reports integer pixel indices (a landmark at index (x, y) means the centre
+of that pixel) and inclusive rectangles. We return continuous coordinates with pixel centres at
++0.5: landmarks + 0.5, box = (left, top, right + 1, bottom + 1).
+
+Scores: HOG gives the SVM margin (not a probability; real frontal faces are usually > 0.5),
+CNN gives the MMOD confidence. Both are thresholded by `min_score`.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from .base import Face, LandmarkModelError, check_image, dlib_models_dir, register_backend
+
+SHAPE_PREDICTOR_68 = "shape_predictor_68_face_landmarks.dat"
+CNN_DETECTOR = "mmod_human_face_detector.dat"
+
+_cache: dict[tuple[str, str], object] = {}
+_cache_lock = threading.Lock()
+
+
+def _model_file(models_dir: Path | None, filename: str) -> Path:
+    """The path of a dlib model file, or a LandmarkModelError saying how to get it."""
+    folder = Path(models_dir).expanduser() if models_dir is not None else dlib_models_dir()
+    if folder is None:
+        raise LandmarkModelError(
+            f"dlib model file {filename} not found: the package face_recognition_models is not "
+            "installed. Install it (pip install face_recognition_models) or pass models_dir= a folder "
+            f"holding {filename}")
+    path = folder / filename
+    if not path.is_file():
+        raise LandmarkModelError(
+            f"dlib model file {filename} not found at {path}. Reinstall face_recognition_models "
+            f"(pip install --force-reinstall face_recognition_models) or pass models_dir= a folder "
+            f"holding {filename}; `r3p assets` lists what is found")
+    return path
+
+
+def _load(kind: str, path: Path):
+    """Load (once per process) a dlib model: kind 'shape' or 'cnn'."""
+    import dlib
+
+    key = (kind, str(path))
+    with _cache_lock:
+        if key not in _cache:
+            _cache[key] = (dlib.shape_predictor(str(path)) if kind == "shape"
+                           else dlib.cnn_face_detection_model_v1(str(path)))
+        return _cache[key]
+
+
+class DlibDetector:
+    """dlib HOG/CNN detector + 68-point landmarks; `detect(rgb uint8) -> list[Face]`."""
+
+    name = "dlib"
+
+    def __init__(self, detector: str = "hog", upsample: int = 1, min_score: float = 0.3,
+                 models_dir: str | Path | None = None):
+        import dlib
+
+        if detector not in ("hog", "cnn"):
+            raise ValueError(f"dlib detector must be 'hog' or 'cnn', got {detector!r}")
+        if upsample < 0:
+            raise ValueError(f"upsample must be >= 0, got {upsample}")
+        self.detector_kind = detector
+        self.upsample = int(upsample)
+        self.min_score = float(min_score)
+        self._predictor = _load("shape", _model_file(models_dir, SHAPE_PREDICTOR_68))
+        if detector == "hog":
+            self._detector = dlib.get_frontal_face_detector()
+        else:
+            self._detector = _load("cnn", _model_file(models_dir, CNN_DETECTOR))
+
+    def _rects(self, image: np.ndarray) -> list[tuple[object, float]]:
+        if self.detector_kind == "hog":
+            rects, scores, _ = self._detector.run(image, self.upsample, self.min_score)
+            return list(zip(rects, scores))
+        return [(d.rect, d.confidence) for d in self._detector(image, self.upsample)
+                if d.confidence >= self.min_score]
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """Faces in an RGB uint8 image, best score first; landmarks in the +0.5 centre convention."""
+        image = check_image(image)
+        faces = []
+        for rect, score in self._rects(image):
+            shape = self._predictor(image, rect)
+            pts = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64) + 0.5
+            box = np.array([rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1], dtype=np.float64)
+            faces.append(Face(box=box, score=float(score), landmarks=pts))
+        faces.sort(key=lambda f: -f.score)
+        return faces
+
+
+register_backend("dlib", DlibDetector)
