@@ -434,7 +434,7 @@ def _regions(xy: np.ndarray, lm: np.ndarray, h: float) -> dict[str, np.ndarray]:
         eye |= _between(x, y, lm, upper, lower)
         yu, yl = _curves(x, lm, upper, lower)
         in_x = (x > lm[upper[0], 0]) & (x < lm[upper[-1], 0])
-        lash = np.maximum(lash, in_x * (1.0 - _smoothstep((y - yu) / 0.010)) * (y >= yu))
+        lash = np.maximum(lash, in_x * (1.0 - _smoothstep((y - yu) / 0.018)) * (y >= yu))
         lash = np.maximum(lash, 0.4 * in_x * (1.0 - _smoothstep((yl - y) / 0.008)) * (y <= yl))
     iris_d = np.minimum(np.hypot(np.abs(x) - EYE_CX, y - EYE_CY - 0.004), 1.0)
     brow_d = np.minimum(_segment_distance(xy, lm[17:22] - [0.0, 0.01]),  # the brow band sits a
@@ -462,14 +462,17 @@ def _mean_albedo(xy: np.ndarray, reg: dict[str, np.ndarray]) -> np.ndarray:
     rgb = np.tile([[200.0, 150.0, 125.0]], (len(x), 1))
     rgb += 14.0 * _pair(x, y, 0.40, -0.12, 0.15, 0.13)[:, None] * [1.0, -0.2, -0.1]  # rosy cheeks
     rgb -= 18.0 * _smoothstep(_below_jaw(x, y) / 0.08)[:, None] * [1.0, 1.0, 0.9]  # shade under the jaw
+    # eye sockets and lid creases read darker than the brows at low resolution, as on real faces
+    # (face detectors and landmarkers rely on it; without it dlib takes the brows for eyes)
+    rgb -= 70.0 * np.clip(_pair(x, y, EYE_CX, EYE_CY + 0.01, 0.11, 0.055), 0, 1)[:, None] * [1.0, 1.05, 1.0]
     rgb = _blend(rgb, reg["nostril"], (70, 40, 36))
     rgb = _blend(rgb, reg["brow"], (58, 40, 30))
     rgb = _blend(rgb, reg["lip"], (180, 86, 86))
     rgb = _blend(rgb, reg["mouth_seam"], (70, 22, 28))
-    rgb = _blend(rgb, reg["eye"], (228, 222, 214))
+    rgb = _blend(rgb, reg["eye"], (200, 192, 184))
     rgb = _blend(rgb, reg["iris"], (92, 60, 38))
     rgb = _blend(rgb, reg["pupil"], (16, 12, 10))
-    rgb = _blend(rgb, 0.85 * reg["lash"], (40, 28, 24))
+    rgb = _blend(rgb, 0.95 * reg["lash"], (30, 20, 18))
     return np.clip(rgb, 0.0, 255.0)
 
 

@@ -617,3 +617,49 @@ def load_clip(
         else:
             audio = align_audio(raw, n_out, fps, sample_rate, offset_s=info.audio_offset_s)
     return Clip(info=info, fps=fps, n_frames=n_out, audio=audio, sample_rate=sample_rate, size=size, decoder=decoder)
+
+
+def encode_mp4(path: str | os.PathLike, frames, fps: float, audio: np.ndarray | None = None,
+               sample_rate: int = TARGET_SAMPLE_RATE, crf: int = 18) -> Path:
+    """Encode RGB uint8 frames (an iterable of (H, W, 3) or (n, H, W, 3) arrays) as H.264 yuv420p
+    mp4 at `fps`, with `audio` (mono float32 in [-1, 1]) as AAC; frames are streamed to ffmpeg, so
+    memory does not grow with length. Written to a temporary name, then renamed."""
+    import tempfile
+
+    import soundfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.mp4")
+    it = iter(frames)
+    first = np.asarray(next(it))
+    if first.ndim == 3:
+        first = first[None]
+    if first.dtype != np.uint8 or first.shape[-1] != 3 or first.shape[1] % 2 or first.shape[2] % 2:
+        raise ValueError(f"frames must be uint8 (n, H, W, 3) with even H and W, got {first.dtype} {first.shape}")
+    h, w = first.shape[1:3]
+    with tempfile.TemporaryDirectory() as td:
+        cmd = [ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+               "-s", f"{w}x{h}", "-r", f"{fps}", "-i", "-"]
+        if audio is not None:
+            wav = Path(td) / "audio.wav"
+            soundfile.write(wav, np.clip(np.asarray(audio, np.float32), -1, 1), sample_rate, subtype="FLOAT")
+            cmd += ["-i", str(wav), "-c:a", "aac", "-b:a", "96k"]
+        cmd += ["-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-pix_fmt", "yuv420p",
+                "-movflags", "+faststart", str(tmp)]
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            for chunk in [first] + [np.asarray(f) for f in it]:
+                chunk = chunk[None] if chunk.ndim == 3 else chunk
+                if chunk.shape[1:] != (h, w, 3) or chunk.dtype != np.uint8:
+                    raise ValueError(f"all frames must be uint8 ({h}, {w}, 3), got {chunk.dtype} {chunk.shape[1:]}")
+                proc.stdin.write(np.ascontiguousarray(chunk).tobytes())
+        finally:
+            proc.stdin.close()
+            err = proc.stderr.read().decode(errors="replace")
+            rc = proc.wait()
+    if rc != 0:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"ffmpeg failed to encode {path}: {err.strip()[-500:]}")
+    tmp.replace(path)
+    return path
