@@ -25,6 +25,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/raster.py
+	$(BIN)/python benchmarks/fitting.py
 
 clean-venv:
 	rm -rf $(VENV)
