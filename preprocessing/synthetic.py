@@ -219,7 +219,7 @@ def _head_and_torso(coeffs: np.ndarray, face_mask: np.ndarray,
 def render_clip(face3d: Face3D, ident: Identity, coeffs: np.ndarray, background: np.ndarray,
                 size: int, chunk: int = 16):
     """Yield (frames (n, H, W, 3) uint8, head masks, torso masks) chunk by chunk."""
-    skin = np.clip(face3d.model.mean_tex.mean(0) * 0.85, 0, 255)
+    skin = np.clip(face3d.model.mean_tex.mean(0) * 0.55, 0, 255)  # the neck sits in the chin's shadow
     for s in range(0, len(coeffs), chunk):
         c = coeffs[s:s + chunk]
         r = render_face(face3d, torch.as_tensor(c), size, remove_eyes=False)

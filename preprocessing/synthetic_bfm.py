@@ -44,8 +44,8 @@ TEX_SKIN_TONE, TEX_REDNESS, TEX_BROW_DARKNESS, TEX_LIP_COLOUR, TEX_IRIS = range(
 
 # --- face region in the image plane: upper half an ellipse, lower half a superellipse ---------
 REGION_AX, REGION_YC = 0.80, 0.24  # half width; y where the halves meet (the jaw's top ends)
-REGION_AY_TOP, REGION_AY_BOTTOM, REGION_P = 0.71, 1.30, 2.6  # forehead top 0.95, under the chin -1.06
-JAW_LEVEL = 0.9375  # landmarks 0..16 lie on this level of the region radius: chin at y = -0.98
+REGION_AY_TOP, REGION_AY_BOTTOM, REGION_P = 0.71, 1.16, 2.6  # forehead top 0.95, under the chin -0.92
+JAW_LEVEL = 0.9375  # landmarks 0..16 lie on this level of the region radius: chin at y = -0.85
 FRONT_MASK_R = 0.93  # frontmask2: vertices inside the jaw contour and forehead (rim excluded)
 
 # --- landmark layout (mean face, before re-centring) -----------------------------------------
