@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.config import PRESETS, ConfigError, R3PConfig, config_to_yaml, load_config
 
 
@@ -88,6 +90,34 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_track(args: argparse.Namespace) -> int:
+    from pipeline.assets import resolve_face_model
+    from pipeline.config import geometry_params
+    from pipeline.overlay import geometry_sheet
+    from pipeline.sheet import save_png
+    from preprocessing.face3d import Face3D
+    from preprocessing.geometry import track_and_fit
+
+    cfg = _cfg(args)
+    params = geometry_params(cfg)
+    model = resolve_face_model(cfg)
+    geo = track_and_fit(Path(args.video), model, params)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    fit, track = geo.fit, geo.track
+    np.savez_compressed(out / "geometry.npz", landmarks=track.landmarks, valid=track.valid, observed=track.observed,
+                        crop_box=track.crop.as_array(), crop_landmarks=track.crop_landmarks, coeffs=fit.coeffs(),
+                        eg3d_cam=fit.eg3d_cam, rmse_px=fit.rmse_px)
+    sheet = save_png(geometry_sheet(geo, Face3D(model)), out / "overlay.png")
+    summary = {**geo.summary(), **model.metadata(), "video": str(Path(args.video).resolve())}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"{args.video}: {summary['frames']} frames, face in {100 * summary['face_fraction']:.0f}%, "
+          f"fit RMSE {summary['fit_rmse_px']:.2f} px at {geo.crop_size}², detect {summary['seconds_detect']:.1f} s, "
+          f"fit {summary['seconds_fit']:.2f} s")
+    print(f"geometry: {out / 'geometry.npz'}\noverlay: {sheet}")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     print(config_to_yaml(_cfg(args)), end="")
     return 0
@@ -104,6 +134,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"rendered {meta['samples']} faces at {meta['render_size']}² in {meta['render_seconds']:.2f} s "
           f"(total {meta['total_seconds']:.1f} s)")
     print(f"contact sheet: {meta['contact_sheet']}")
+    print(f"synthetic corpus: {meta['corpus']} ({meta['corpus_clips']} clips in {meta['corpus_seconds']:.1f} s)")
+    print(f"tracked + fitted {meta['tracked_video']}: face in {100 * meta['track_face_fraction']:.0f}% of "
+          f"{meta['track_frames']} frames, landmark error vs ground truth {meta['landmark_error_px_vs_truth']:.1f} px "
+          f"({meta['landmark_error_iod_vs_truth']:.2f} of the eye distance), fit RMSE {meta['track_fit_rmse_px']:.2f} px")
+    print(f"overlay: {meta['overlay']}")
     return 0
 
 
@@ -147,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="audio shift in frames per clip, cycled (e.g. 0,0,3 for sync tests)")
     p.set_defaults(func=cmd_synth)
 
+    p = sub.add_parser("track", parents=[cfgp], help="track the face and fit the 3DMM on one video",
+                       description="Decode VIDEO, track its main face, fit the 3DMM, and write geometry.npz, "
+                                   "summary.json and an overlay contact sheet into --out.")
+    p.add_argument("video", metavar="VIDEO")
+    p.add_argument("--out", default="out/track", help="output folder (default out/track)")
+    p.set_defaults(func=cmd_track)
+
     p = sub.add_parser("config", parents=[cfgp], help="print the resolved configuration",
                        description="Print the configuration after presets, file and --set overrides.")
     p.set_defaults(func=cmd_config)
@@ -160,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from preprocessing.face_model import FaceModelError
+    from preprocessing.landmarks.tracking import TrackingError
+    from preprocessing.video import VideoError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -167,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, FaceModelError, FileNotFoundError) as exc:
+    except (ConfigError, FaceModelError, FileNotFoundError, VideoError, TrackingError) as exc:
         print(f"r3p {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

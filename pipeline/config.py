@@ -49,9 +49,49 @@ class RenderConfig(_Section):
     remove_eyes: bool = Field(True, description="drop eye triangles from PNCC/SECC, as the reference")
 
 
+class VideoConfig(_Section):
+    """Decoding limits; inputs outside them fail with a VideoError naming the file."""
+
+    max_duration_s: float = Field(600.0, gt=0)
+    max_side: int = Field(4096, ge=16)
+    min_side: int = Field(64, ge=16)
+    min_frames: int = Field(2, ge=1)
+    require_audio: bool = True
+
+
+class LandmarksConfig(_Section):
+    """Face detection and 68-point landmarks."""
+
+    backend: Literal["dlib", "insightface"] = "dlib"
+    detector: Literal["hog", "cnn"] = Field("hog", description="dlib detector")
+    upsample: int = Field(1, ge=0, le=3, description="dlib: upsample the image this many times to find small faces")
+    min_score: float = Field(0.3, description="dlib: drop detections scoring below this")
+    model_dir: Path | None = Field(None, description="insightface: buffalo_l folder (default $R3P_HOME/insightface/...)")
+
+
+class TrackingConfig(_Section):
+    """Main-face tracking, gap filling, smoothing and the per-clip crop."""
+
+    max_gap: int = Field(5, ge=0, description="interpolate missing faces over at most this many frames")
+    min_face_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    smooth_window: int = Field(15, ge=3, description="Savitzky-Golay window in frames (odd)")
+    crop_scale: float = Field(3.0, gt=1.0, description="crop side / face width")
+    crop_size: int = Field(512, ge=64, le=2048, description="aligned crop size in pixels")
+
+
+class FittingConfig(_Section):
+    """3DMM video fitting."""
+
+    solver: Literal["gn", "adam"] = Field("gn", description="gn: batched Gauss-Newton/LM; adam: reference schedule")
+    window: int = Field(50, ge=4)
+    overlap: int = Field(10, ge=0)
+
+
 class DemoConfig(_Section):
     samples: int = Field(4, ge=1, le=64, description="random faces in the demo contact sheet")
     seed: int = Field(0, ge=0)
+    synth_identities: int = Field(2, ge=1, le=50, description="identities in the demo's synthetic corpus")
+    synth_seconds: float = Field(3.0, ge=1.0, le=60.0, description="length of each demo clip")
 
 
 class R3PConfig(_Section):
@@ -63,6 +103,10 @@ class R3PConfig(_Section):
     assets: dict[str, Path] = Field(default_factory=dict, description="explicit paths per asset key (`r3p assets`)")
     face_model: FaceModelConfig = Field(default_factory=FaceModelConfig)
     render: RenderConfig = Field(default_factory=RenderConfig)
+    video: VideoConfig = Field(default_factory=VideoConfig)
+    landmarks: LandmarksConfig = Field(default_factory=LandmarksConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    fitting: FittingConfig = Field(default_factory=FittingConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
 
     @field_validator("assets")
@@ -187,3 +231,29 @@ def flat_params(cfg: R3PConfig) -> dict[str, Any]:
 
     walk(cfg.model_dump(mode="json"), "")
     return out
+
+
+def geometry_params(cfg: R3PConfig):
+    """The validated settings as `preprocessing.geometry.GeometryParams` for `track_and_fit`."""
+    from preprocessing.fitting import FitConfig
+    from preprocessing.geometry import GeometryParams
+    from preprocessing.landmarks.tracking import TrackingParams
+    from preprocessing.video import VideoLimits
+
+    lm = cfg.landmarks
+    if lm.backend == "dlib":
+        detector_params = (("detector", lm.detector), ("upsample", lm.upsample), ("min_score", lm.min_score))
+    else:
+        detector_params = (("home", str(cfg.home)),) + ((("model_dir", str(lm.model_dir)),) if lm.model_dir else ())
+    t, f = cfg.tracking, cfg.fitting
+    if f.overlap >= f.window:
+        raise ConfigError(f"config key 'fitting.overlap' ({f.overlap}) must be smaller than fitting.window ({f.window})")
+    try:
+        tracking = TrackingParams(max_gap=t.max_gap, min_face_fraction=t.min_face_fraction, window=t.smooth_window,
+                                  crop_scale=t.crop_scale)
+    except ValueError as exc:
+        raise ConfigError(f"config section 'tracking': {exc}") from None
+    return GeometryParams(
+        limits=VideoLimits(**cfg.video.model_dump()), detector=lm.backend, detector_params=detector_params,
+        tracking=tracking, fitting=FitConfig(solver=f.solver, window=f.window, overlap=f.overlap),
+        crop_size=t.crop_size)

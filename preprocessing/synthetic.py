@@ -82,8 +82,8 @@ def make_identity(index: int, seed: int) -> Identity:
     clothes = tuple(int(c) for c in rng.integers(30, 220, 3))
     return Identity(
         speaker_id=f"synth{seed:03d}_id{index:03d}",
-        id_coeff=rng.normal(0, 0.8, 80).astype(np.float32),
-        tex_coeff=rng.normal(0, 0.6, 80).astype(np.float32),
+        id_coeff=rng.normal(0, 0.5, 80).astype(np.float32),
+        tex_coeff=rng.normal(0, 0.4, 80).astype(np.float32),
         hair_rgb=hair, clothes_rgb=clothes,
         f0_hz=float(rng.uniform(100, 210)),
         formants_hz=(float(rng.uniform(550, 750)), float(rng.uniform(1200, 1700))),

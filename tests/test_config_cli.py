@@ -13,14 +13,14 @@ from pipeline.config import ConfigError, flat_params, load_config, parse_overrid
 def test_presets_and_overrides(tmp_path):
     assert load_config().render.size == 512
     tiny = load_config("tiny")
-    assert tiny.render.size == 128 and tiny.face_model.synthetic_size == "small" and tiny.preset == "tiny"
+    assert tiny.render.size == 128 and tiny.demo.synth_identities == 1 and tiny.preset == "tiny"
     assert load_config("paper").render.size == 512
     cfg = load_config("tiny", overrides=["render.size=64", "face_model.synthetic_seed=3"])
     assert cfg.render.size == 64 and cfg.face_model.synthetic_seed == 3
     f = tmp_path / "c.yaml"
     f.write_text("preset: tiny\nrender:\n  size: 96\n")
     cfg = load_config(path=f, overrides=["demo.samples=2"])
-    assert cfg.render.size == 96 and cfg.face_model.synthetic_size == "small" and cfg.demo.samples == 2
+    assert cfg.render.size == 96 and cfg.demo.synth_seconds == 2.0 and cfg.demo.samples == 2
     assert flat_params(cfg)["render.size"] == 96
 
 
@@ -96,3 +96,18 @@ def test_assets_table_and_json(tmp_path, capsys, monkeypatch):
     assert main(["assets", "--set", f"assets.syncnet={tmp_path / 'nope.model'}"]) == 0
     text = capsys.readouterr().out
     assert "MISSING  syncnet" in text and "found    bfm" in text and "nope.model" in text
+
+
+def test_geometry_params_from_config():
+    from pipeline.config import geometry_params
+
+    p = geometry_params(load_config("tiny", overrides=["landmarks.upsample=0", "tracking.max_gap=3",
+                                                       "fitting.window=30", "video.require_audio=false"]))
+    assert dict(p.detector_params)["upsample"] == 0 and p.tracking.max_gap == 3 and p.fitting.window == 30
+    assert p.limits.require_audio is False and p.detector == "dlib"
+    with pytest.raises(ConfigError, match="fitting.overlap"):
+        geometry_params(load_config(overrides=["fitting.overlap=60"]))
+    with pytest.raises(ConfigError, match="landmarks.backend"):
+        load_config(overrides=["landmarks.backend=mediapipe"])
+    with pytest.raises(ConfigError, match="tracking"):
+        geometry_params(load_config(overrides=["tracking.smooth_window=4"]))

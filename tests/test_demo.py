@@ -22,7 +22,12 @@ def test_demo_writes_contact_sheet_marked_synthetic(tmp_path, capsys):
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["face_model"] == "synthetic" and meta["face_model_synthetic"] is True
     assert meta["render_size"] == 128 and meta["samples"] == 2
-    assert "synthetic_size: small" in (out / "config.yaml").read_text()
+    assert "preset: tiny" in (out / "config.yaml").read_text()
+    # the geometry part: a synthetic clip tracked and fitted, with its error against the ground truth
+    overlay = out / "overlay.png"
+    assert str(overlay) in printed and np.asarray(Image.open(overlay)).std() > 10
+    assert meta["track_frames"] == 50 and meta["track_face_fraction"] >= 0.8
+    assert meta["landmark_error_iod_vs_truth"] < 0.2 and meta["track_fit_rmse_px"] < 5
 
 
 def _eye_box_pixels(face3d, exp, size):
