@@ -36,6 +36,12 @@ def test_tracking_against_ground_truth(clip):
     s = geo.summary()
     assert s["fit_rmse_px"] < 5.0 and s["frames"] == 50 and "seconds_detect" in s
     assert geo.fit.eg3d_cam.shape == (50, 25) and geo.fit.meta["face_model"] == "synthetic"
+    # end to end (rendered video -> dlib -> tracking -> fit): yaw and roll hold; pitch is biased by
+    # dlib's jaw contour on the synthetic renders (2-14° over identities), so it is reported, not bounded
+    fv = valid & np.isfinite(geo.fit.rmse_px)
+    euler_err = np.degrees(np.abs(geo.fit.euler[fv] - gt["coeffs"][fv, 224:227])).mean(axis=0)
+    assert euler_err[1] < 5.0 and euler_err[2] < 3.0
+    assert np.corrcoef(geo.fit.exp[fv, 0], gt["coeffs"][fv, 80])[0, 1] > 0.6
     first = next(geo.aligned_chunks(8))
     assert first[0] == 0 and first[1].shape == (8, 512, 512, 3)
 
