@@ -133,7 +133,7 @@ def _smooth_noise(rng: np.random.Generator, t: np.ndarray, amp: float, fmax: flo
 
 
 def clip_coefficients(rng: np.random.Generator, ident: Identity, n_frames: int, mouth: np.ndarray,
-                      model: FaceModel, size: int) -> np.ndarray:
+                      model: FaceModel) -> np.ndarray:
     """(T, 257) coefficients: identity, jaw from `mouth`, smile, blinks, talking-head pose."""
     t = np.arange(n_frames) / FPS
     exp = np.zeros((n_frames, 64), np.float32)
@@ -246,7 +246,7 @@ def generate_clip(face3d: Face3D, spec: SynthSpec, identity_index: int, clip_ind
     n_frames = int(round(spec.seconds * FPS))
     offset = spec.audio_offsets[(identity_index * spec.clips + clip_index) % len(spec.audio_offsets)]
     audio, mouth = speech_like_audio(rng, n_frames, ident.f0_hz, ident.formants_hz)
-    coeffs = clip_coefficients(rng, ident, n_frames, mouth, face3d.model, spec.size)
+    coeffs = clip_coefficients(rng, ident, n_frames, mouth, face3d.model)
     if offset:  # audio shifted by `offset` frames relative to the mouth (+ = audio later)
         shift = offset * SAMPLES_PER_FRAME
         audio = np.roll(audio, shift)
