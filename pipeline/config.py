@@ -66,6 +66,8 @@ class LandmarksConfig(_Section):
     detector: Literal["hog", "cnn"] = Field("hog", description="dlib detector")
     upsample: int = Field(1, ge=0, le=3, description="dlib: upsample the image this many times to find small faces")
     min_score: float = Field(0.3, description="dlib: drop detections scoring below this")
+    detect_max_side: int | None = Field(320, ge=64, description="dlib: detect on a copy downscaled to this "
+                                        "longer side (landmarks stay full resolution); null = full size")
     model_dir: Path | None = Field(None, description="insightface: buffalo_l folder (default $R3P_HOME/insightface/...)")
 
 
@@ -242,7 +244,8 @@ def geometry_params(cfg: R3PConfig):
 
     lm = cfg.landmarks
     if lm.backend == "dlib":
-        detector_params = (("detector", lm.detector), ("upsample", lm.upsample), ("min_score", lm.min_score))
+        detector_params = (("detector", lm.detector), ("upsample", lm.upsample), ("min_score", lm.min_score),
+                           ("detect_max_side", lm.detect_max_side))
     else:
         detector_params = (("home", str(cfg.home)),) + ((("model_dir", str(lm.model_dir)),) if lm.model_dir else ())
     t, f = cfg.tracking, cfg.fitting

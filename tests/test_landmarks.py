@@ -226,3 +226,16 @@ def test_dlib_detections_track_and_crop(dlib_hog, astronaut):
     assert np.median(np.ptp(lm[:, :, 0], axis=1)) == pytest.approx(256 / 3, rel=0.05)
     assert abs(np.median(lm[:, :, 0]) - 128) < 20
     assert (lm[:, 36:48, 1] < 128).all() and (lm[:, 8, 1] > 128).all()  # eyes above, chin below centre
+
+
+def test_dlib_downscaled_detection_keeps_full_resolution_landmarks(dlib_hog, astronaut):
+    from preprocessing.landmarks import make_detector
+
+    full = dlib_hog.detect(astronaut)[0]
+    fast = make_detector("dlib", detect_max_side=256).detect(astronaut)
+    assert len(fast) == 1
+    # the box comes from a half-size image (a few px coarser); the 68 points from the full image
+    assert np.abs(fast[0].box - full.box).max() < 8
+    assert np.linalg.norm(fast[0].landmarks - full.landmarks, axis=1).mean() < 3.0
+    with pytest.raises(ValueError, match="detect_max_side"):
+        make_detector("dlib", detect_max_side=10)

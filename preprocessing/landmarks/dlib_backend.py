@@ -62,13 +62,18 @@ class DlibDetector:
     name = "dlib"
 
     def __init__(self, detector: str = "hog", upsample: int = 1, min_score: float = 0.3,
-                 models_dir: str | Path | None = None):
+                 models_dir: str | Path | None = None, detect_max_side: int | None = None):
+        """`detect_max_side`: run the detector on a copy downscaled to at most this many pixels on
+        its longer side (boxes are scaled back; landmarks are predicted on the full image)."""
         import dlib
 
         if detector not in ("hog", "cnn"):
             raise ValueError(f"dlib detector must be 'hog' or 'cnn', got {detector!r}")
         if upsample < 0:
             raise ValueError(f"upsample must be >= 0, got {upsample}")
+        if detect_max_side is not None and detect_max_side < 64:
+            raise ValueError(f"detect_max_side must be >= 64 pixels, got {detect_max_side}")
+        self.detect_max_side = detect_max_side
         self.detector_kind = detector
         self.upsample = int(upsample)
         self.min_score = float(min_score)
@@ -79,6 +84,20 @@ class DlibDetector:
             self._detector = _load("cnn", _model_file(models_dir, CNN_DETECTOR))
 
     def _rects(self, image: np.ndarray) -> list[tuple[object, float]]:
+        side = max(image.shape[:2])
+        if self.detect_max_side is not None and side > self.detect_max_side:
+            import cv2
+            import dlib
+
+            s = self.detect_max_side / side
+            small = cv2.resize(image, (round(image.shape[1] * s), round(image.shape[0] * s)),
+                               interpolation=cv2.INTER_AREA)
+            return [(dlib.rectangle(round(r.left() / s), round(r.top() / s), round((r.right() + 1) / s) - 1,
+                                    round((r.bottom() + 1) / s) - 1), score)
+                    for r, score in self._detect_rects(small)]
+        return self._detect_rects(image)
+
+    def _detect_rects(self, image: np.ndarray) -> list[tuple[object, float]]:
         if self.detector_kind == "hog":
             rects, scores, _ = self._detector.run(image, self.upsample, self.min_score)
             return list(zip(rects, scores))
