@@ -27,7 +27,7 @@ class FaceRender:
     mask: np.ndarray  # (B, H, W) bool, any face triangle (eyes included)
 
 
-def _raster(face3d: Face3D, image_xyz: torch.Tensor, tri: np.ndarray, size: int) -> Fragments:
+def _raster(image_xyz: torch.Tensor, tri: np.ndarray, size: int) -> Fragments:
     verts = image_xyz.detach().cpu().numpy().astype(np.float32)
     return rasterize(verts, tri, size, size)
 
@@ -41,7 +41,7 @@ def render_secc(face3d: Face3D, id_coeff, exp_coeff, size: int = 512, remove_eye
         out = face3d(coeffs, size)
     model = face3d.model
     tri = model.tri_without_eyes() if remove_eyes else model.tri
-    frags = _raster(face3d, out.image_xyz, tri, size)
+    frags = _raster(out.image_xyz, tri, size)
     ncc = interpolate(frags, tri, model.ncc(), background=0.0)
     return np.where(frags.mask[..., None], 2.0 * ncc - 1.0, -1.0).astype(np.float32)
 
@@ -52,11 +52,11 @@ def render_face(face3d: Face3D, coeffs, size: int = 512, remove_eyes: bool = Tru
     with torch.no_grad():
         out = face3d(c, size)
     model = face3d.model
-    frags = _raster(face3d, out.image_xyz, model.tri, size)
+    frags = _raster(out.image_xyz, model.tri, size)
     color = out.color.cpu().numpy()
     shaded = np.clip(interpolate(frags, model.tri, color, background=0.0), 0.0, 1.0)
     tri_pncc = model.tri_without_eyes() if remove_eyes else model.tri
-    frags_pncc = _raster(face3d, out.image_xyz, tri_pncc, size) if remove_eyes else frags
+    frags_pncc = _raster(out.image_xyz, tri_pncc, size) if remove_eyes else frags
     ncc = interpolate(frags_pncc, tri_pncc, model.ncc(), background=0.0)
     pncc = np.where(frags_pncc.mask[..., None], 2.0 * ncc - 1.0, -1.0).astype(np.float32)
     return FaceRender(shaded=shaded.astype(np.float32), pncc=pncc, depth=frags.depth, mask=frags.mask)
