@@ -76,3 +76,35 @@ def depth_to_uint8(depth: np.ndarray) -> np.ndarray:
     out = np.zeros(depth.shape, np.float32)
     out[finite] = 0.25 + 0.75 * (hi - depth[finite]) / max(hi - lo, 1e-6)
     return (out * 255).astype(np.uint8)
+
+
+def secc_frames(face3d: Face3D, id_coeff, exp_coeff, size: int = 512, chunk: int = 32,
+                remove_eyes: bool = True):
+    """Canonical SECC for every frame of a clip, `chunk` frames at a time (bounded memory).
+
+    `id_coeff` (80,) is the clip's identity, `exp_coeff` (T, 64) the per-frame expression;
+    yields (start index, (n, size, size, 3) float32 in [-1, 1], background −1).
+    """
+    exp = np.asarray(exp_coeff, dtype=np.float32).reshape(-1, 64)
+    ident = np.asarray(id_coeff, dtype=np.float32).reshape(1, 80)
+    for s in range(0, len(exp), chunk):
+        e = exp[s:s + chunk]
+        yield s, render_secc(face3d, np.repeat(ident, len(e), 0), e, size, remove_eyes)
+
+
+def mouth_box(landmarks: np.ndarray, margin: float = 0.25, image_size: int | None = None) -> np.ndarray:
+    """Square box (x0, y0, x1, y1) around the lips (landmarks 48–67) per frame, in pixels.
+
+    The side is the larger of the lips' width and height times (1 + 2·margin), centred on the lips;
+    with `image_size` the box is shifted (not shrunk) to lie inside the image. NaN landmarks
+    (frames without a face) give NaN boxes.
+    """
+    lips = np.asarray(landmarks, dtype=np.float64)[..., 48:68, :]
+    lo, hi = lips.min(axis=-2), lips.max(axis=-2)
+    centre = (lo + hi) / 2.0
+    side = (hi - lo).max(axis=-1, keepdims=True) * (1.0 + 2.0 * margin)
+    x0y0 = centre - side / 2.0
+    if image_size is not None:
+        side = np.minimum(side, image_size)
+        x0y0 = np.clip(x0y0, 0.0, image_size - side)
+    return np.concatenate([x0y0, x0y0 + side], axis=-1).astype(np.float32)

@@ -58,3 +58,41 @@ def test_pose_moves_the_render(grid_model):
     focal, centre = intrinsics(size)
     assert cols.min() == pytest.approx(centre + focal * (-0.95) / 10.0, abs=1.0)
     assert cols.max() == pytest.approx(centre + focal * 1.05 / 10.0, abs=1.0)
+
+
+def test_secc_frames_match_one_batch():
+    from preprocessing.render import secc_frames
+    from preprocessing.synthetic_bfm import synthetic_face_model
+
+    face = Face3D(synthetic_face_model(0, "small"))
+    rng = np.random.default_rng(0)
+    ident, exp = rng.normal(0, 1, 80), rng.normal(0, 0.5, (5, 64))
+    whole = render_secc(face, np.repeat(ident[None], 5, 0), exp, 64)
+    parts = list(secc_frames(face, ident, exp, 64, chunk=2))
+    assert [s for s, _ in parts] == [0, 2, 4] and [len(p) for _, p in parts] == [2, 2, 1]
+    joined = np.concatenate([p for _, p in parts])
+    # same coverage; values equal up to float32 rounding (torch batches matrix products differently)
+    np.testing.assert_array_equal(joined == -1, whole == -1)
+    np.testing.assert_allclose(joined, whole, atol=1e-5)
+
+
+def test_mouth_box_is_a_square_around_the_lips():
+    from preprocessing.render import mouth_box
+
+    lm = np.zeros((2, 68, 2))
+    lm[:, 48:68] = np.random.default_rng(1).uniform([200, 300], [260, 330], (2, 20, 2))
+    lm[1, 50] = np.nan
+    box = mouth_box(lm, margin=0.25)
+    b = box[0]
+    assert b[2] - b[0] == pytest.approx(b[3] - b[1])  # square
+    lips = lm[0, 48:68]
+    assert (lips[:, 0] >= b[0]).all() and (lips[:, 0] <= b[2]).all()
+    assert (lips[:, 1] >= b[1]).all() and (lips[:, 1] <= b[3]).all()
+    width = lips[:, 0].max() - lips[:, 0].min()
+    assert b[2] - b[0] == pytest.approx(1.5 * width, rel=1e-5)  # width is the larger extent here
+    np.testing.assert_allclose((b[:2] + b[2:]) / 2, (lips.min(0) + lips.max(0)) / 2, atol=1e-4)
+    assert np.isnan(box[1]).all()  # a frame without a face has no box
+    edge = np.zeros((1, 68, 2))
+    edge[0, 48:68] = [[2, 2], [40, 10]] * 10
+    inside = mouth_box(edge, image_size=64)[0]
+    assert inside[0] == 0 and inside[1] == 0 and inside[2] - inside[0] == pytest.approx(57.0)
