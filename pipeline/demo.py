@@ -18,7 +18,7 @@ import torch
 from pipeline.assets import resolve_face_model
 from pipeline.config import R3PConfig, config_to_yaml, geometry_params
 from pipeline.sheet import contact_sheet, save_png
-from preprocessing.face3d import Face3D, join_coeffs
+from preprocessing.face3d import Face3D, join_coeffs, sh_light
 from preprocessing.render import depth_to_uint8, render_face, render_secc, to_uint8
 
 
@@ -28,11 +28,8 @@ def random_coeffs(rng: np.random.Generator, n: int) -> torch.Tensor:
     exp[:, 0] = rng.uniform(0.0, 0.8, n)  # jaw open on the synthetic model (a PCA mode on a real BFM)
     exp[:, 1] = rng.uniform(-0.2, 0.8, n)
     euler = np.stack([rng.uniform(-0.25, 0.25, n), rng.uniform(-0.6, 0.6, n), rng.uniform(-0.2, 0.2, n)], 1)
-    gamma = np.zeros((n, 27))
     light = rng.normal(0.0, 0.15, (n, 3))  # first-order SH: a dominant direction, same for R, G, B
-    for ch in range(3):
-        gamma[:, ch * 9 + 1: ch * 9 + 4] = light
-        gamma[:, ch * 9] = rng.uniform(-0.1, 0.2, n)
+    gamma = sh_light(light, np.stack([rng.uniform(-0.1, 0.2, n) for _ in range(3)], axis=1))
     parts = dict(
         id=rng.normal(0.0, 1.0, (n, 80)), exp=exp, tex=rng.normal(0.0, 0.7, (n, 80)), euler=euler,
         gamma=gamma, trans=np.concatenate([rng.normal(0, 0.1, (n, 2)), rng.normal(0, 0.3, (n, 1))], 1))

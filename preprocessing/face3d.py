@@ -109,6 +109,18 @@ def sh_basis(normals: torch.Tensor) -> torch.Tensor:
     ], dim=-1)
 
 
+def sh_light(direction: np.ndarray, ambient: np.ndarray | float) -> np.ndarray:
+    """Gamma (n, 27) for a white light: first-order SH bands `direction` (n, 3) in every channel,
+    DC offset `ambient` ((n,), (n, 3) per channel, or a scalar) on top of the +0.8 default."""
+    d = np.asarray(direction, dtype=np.float32).reshape(-1, 3)
+    amb = np.broadcast_to(np.asarray(ambient, dtype=np.float32).reshape(-1, 1) if np.ndim(ambient) == 1
+                          else np.asarray(ambient, dtype=np.float32), (d.shape[0], 3))
+    gamma = np.zeros((d.shape[0], 3, 9), np.float32)
+    gamma[:, :, 1:4] = d[:, None, :]
+    gamma[:, :, 0] = amb
+    return gamma.reshape(-1, 27)
+
+
 def sh_shade(albedo: torch.Tensor, normals: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     """Lit colour: albedo (B, N, 3) in 0..1 × SH irradiance of gamma (B, 27) (+0.8 on each DC)."""
     g = gamma.reshape(*gamma.shape[:-1], 3, 9).clone()

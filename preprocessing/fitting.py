@@ -474,7 +474,6 @@ def _fit_window(kp, obs, valid, idc, q0, cfg):
     """LM over one window's per-frame parameters with temporal terms (id fixed); returns (q, iters)."""
     prob = _Problem(kp, obs, valid, cfg)
     q = q0.clone()
-    t = prob.t
     prior_q = prob.prior_q
     tdiag = torch.diagonal(prob.ltl)[:, None] * prob.c_lap  # (T, 70) temporal diagonal
     e = prob.energy_terms(idc, q)

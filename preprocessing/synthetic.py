@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from scipy.signal import lfilter
 
-from preprocessing.face3d import Face3D, join_coeffs, project, rotation_matrix, uv_to_image
+from preprocessing.face3d import Face3D, join_coeffs, project, rotation_matrix, sh_light, uv_to_image
 from preprocessing.face_model import FaceModel
 from preprocessing.render import render_face, to_uint8
 from preprocessing.video import encode_mp4
@@ -157,11 +157,7 @@ def clip_coefficients(rng: np.random.Generator, ident: Identity, n_frames: int, 
     z0 = 10.0 - width * 1015.0 * 3.0 / 224.0  # face ≈ a third of the frame width
     trans = np.stack([_smooth_noise(rng, t, 0.25, 0.3), 0.35 + _smooth_noise(rng, t, 0.15, 0.3),
                       z0 + _smooth_noise(rng, t, 0.6, 0.2)], 1)
-    gamma = np.zeros((n_frames, 27), np.float32)
-    light = rng.normal(0, 0.12, 3)
-    for ch in range(3):
-        gamma[:, ch * 9 + 1: ch * 9 + 4] = light
-        gamma[:, ch * 9] = 0.1
+    gamma = sh_light(np.repeat(rng.normal(0, 0.12, 3)[None], n_frames, 0), 0.1)
     rep = lambda a: torch.as_tensor(np.repeat(a[None], n_frames, 0))  # noqa: E731
     return join_coeffs(id=rep(ident.id_coeff), exp=torch.as_tensor(exp), tex=rep(ident.tex_coeff),
                        euler=torch.as_tensor(euler, dtype=torch.float32), gamma=torch.as_tensor(gamma),

@@ -2,7 +2,6 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -24,7 +23,6 @@ def test_coefficient_layout_round_trip():
 
 def test_single_axis_rotations():
     h = math.pi / 2
-    ex = torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0]).reshape(3, 3)  # columns x, y, z axes
     # yaw +90°: x axis -> -z (Ry = [[c,0,s],[0,1,0],[-s,0,c]])
     r = rotation_matrix(torch.tensor([0.0, h, 0.0]))
     assert torch.allclose(r @ torch.tensor([1.0, 0, 0]), torch.tensor([0.0, 0, -1]), atol=1e-6)
@@ -34,7 +32,6 @@ def test_single_axis_rotations():
     # roll +90°: x axis -> +y
     r = rotation_matrix(torch.tensor([0.0, 0.0, h]))
     assert torch.allclose(r @ torch.tensor([1.0, 0, 0]), torch.tensor([0.0, 1, 0]), atol=1e-6)
-    del ex
 
 
 def test_rotation_order_is_rz_ry_rx():
