@@ -64,13 +64,17 @@ class ClipGeometry:
                 **{f"seconds_{k}": round(v, 3) for k, v in self.timings.items()}}
 
 
-def track_and_fit(path, model: FaceModel | Face3D, params: GeometryParams | None = None) -> ClipGeometry:
-    """Geometry of the video at `path`; raises VideoError / TrackingError / ValueError with the file named."""
+def track_and_fit(path, model: FaceModel | Face3D, params: GeometryParams | None = None, *,
+                  detector=None, start_s: float = 0.0, end_s: float | None = None) -> ClipGeometry:
+    """Geometry of the video at `path` (or its window `start_s`..`end_s` seconds); raises
+    VideoError / TrackingError / ValueError with the file named. Pass a `detector` from
+    `make_detector` to reuse loaded models across clips."""
     p = params or GeometryParams()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    clip = load_clip(path, p.limits)
-    detector = make_detector(p.detector, **dict(p.detector_params))
+    clip = load_clip(path, p.limits, start_s=start_s, end_s=end_s)
+    if detector is None:
+        detector = make_detector(p.detector, **dict(p.detector_params))
     timings["decode_probe"] = time.perf_counter() - t0
     detections, t_decode, t_detect = [], 0.0, 0.0
     t = time.perf_counter()

@@ -138,8 +138,10 @@ class Decoder(Protocol):
         size: tuple[int, int] | None = None,
         *,
         info: VideoInfo | None = None,
+        frame_range: tuple[int, int] | None = None,
     ) -> Iterator[FrameChunk]:
-        """Frames resampled by timestamp to `fps`, in chunks of at most `chunk` frames."""
+        """Frames resampled by timestamp to `fps`, in chunks of at most `chunk` frames; `frame_range`
+        = (first, stop) output indices restricts them to a window (chunk indices count from `first`)."""
         ...
 
     def read_audio(self, path: str | os.PathLike, sample_rate: int = TARGET_SAMPLE_RATE) -> np.ndarray:
@@ -209,12 +211,25 @@ def align_audio(
     return np.concatenate([audio, np.zeros(n - len(audio), np.float32)])
 
 
-def check_limits(info: VideoInfo, limits: VideoLimits, fps: float = TARGET_FPS) -> int:
-    """Raise VideoError if `info` is outside `limits`; return the number of output frames at `fps`."""
+def check_limits(info: VideoInfo, limits: VideoLimits, fps: float = TARGET_FPS,
+                 window: tuple[int, int] | None = None) -> int:
+    """Raise VideoError if `info` is outside `limits`; return the number of output frames at `fps`.
+
+    With `window` = (first, stop) output frames, the duration and frame-count limits apply to the
+    window (so a long video can be processed window by window) and its length is returned."""
     n_out = n_output_frames(info.duration_s, fps)
-    if info.duration_s > limits.max_duration_s:
+    duration = info.duration_s
+    if window is not None:
+        first, stop = window
+        if not 0 <= first < n_out:
+            raise VideoError(info.path, "bad_window", f"window starts at {first / fps:.2f} s but the video lasts "
+                             f"{info.duration_s:.2f} s; check clip_start/clip_end")
+        n_out = min(stop, n_out) - first
+        duration = n_out / fps
+    if duration > limits.max_duration_s:
         raise VideoError(
-            info.path, "too_long", f"duration {info.duration_s:.2f} s exceeds max_duration_s={limits.max_duration_s:g}"
+            info.path, "too_long", f"duration {duration:.2f} s exceeds max_duration_s={limits.max_duration_s:g}; "
+            "split it into windows (clip_start/clip_end)"
         )
     if max(info.width, info.height) > limits.max_side:
         raise VideoError(
@@ -470,8 +485,12 @@ class DecordDecoder:
         size: tuple[int, int] | None = None,
         *,
         info: VideoInfo | None = None,
+        frame_range: tuple[int, int] | None = None,
     ) -> Iterator[FrameChunk]:
-        """RGB uint8 frames resampled by timestamp to `fps`, ≤ `chunk` at a time; `size` = (width, height) px."""
+        """RGB uint8 frames resampled by timestamp to `fps`, ≤ `chunk` at a time; `size` = (width, height) px.
+
+        `frame_range` = (first, stop): only output frames first..stop-1 (a window of the video);
+        `start_index` then counts from `first` and `timestamps` stay in source seconds."""
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
         if fps <= 0:
@@ -486,14 +505,20 @@ class DecordDecoder:
         starts, last = self._starts(p, vr)
         n_out = n_output_frames(stream_duration(starts, last), fps)
         idx = resample_indices(starts, n_out, fps)
+        first = 0
+        if frame_range is not None:
+            first, stop = int(frame_range[0]), int(frame_range[1])
+            if not 0 <= first < stop:
+                raise ValueError(f"frame_range must be (first, stop) with 0 <= first < stop, got {frame_range}")
+            idx = idx[first:stop]
         if info.rotation_deg:
             del vr
             w, h = (int(size[0]), int(size[1])) if size is not None else (info.width, info.height)
-            return self._chunks_ffmpeg(p, idx, len(starts), fps, chunk, w, h, size is not None)
-        return self._chunks_decord(p, vr, idx, fps, chunk)
+            return self._chunks_ffmpeg(p, idx, len(starts), fps, chunk, w, h, size is not None, first)
+        return self._chunks_decord(p, vr, idx, fps, chunk, first)
 
     @staticmethod
-    def _chunks_decord(p: Path, vr, idx: np.ndarray, fps: float, chunk: int) -> Iterator[FrameChunk]:
+    def _chunks_decord(p: Path, vr, idx: np.ndarray, fps: float, chunk: int, first: int = 0) -> Iterator[FrameChunk]:
         for c0 in range(0, len(idx), chunk):
             sel = idx[c0 : c0 + chunk]
             uniq, inv = np.unique(sel, return_inverse=True)
@@ -505,14 +530,14 @@ class DecordDecoder:
                 ) from None
             yield FrameChunk(
                 start_index=c0,
-                timestamps=np.arange(c0, c0 + len(sel), dtype=np.float64) / fps,
+                timestamps=np.arange(first + c0, first + c0 + len(sel), dtype=np.float64) / fps,
                 source_indices=sel.copy(),
                 frames=np.ascontiguousarray(batch[inv.reshape(-1)], dtype=np.uint8),
             )
 
     @staticmethod
     def _chunks_ffmpeg(
-        p: Path, idx: np.ndarray, n_src: int, fps: float, chunk: int, w: int, h: int, scale: bool
+        p: Path, idx: np.ndarray, n_src: int, fps: float, chunk: int, w: int, h: int, scale: bool, first: int = 0
     ) -> Iterator[FrameChunk]:
         # Rotated streams: timestamps from decord's index (no decoding needed), pixels from ffmpeg.
         frames_in = _ffmpeg_frame_pipe(p, w, h, (w, h) if scale else None)
@@ -528,7 +553,8 @@ class DecordDecoder:
                             raise VideoError(p, "unreadable", f"ffmpeg stopped after {pos + 1} of {n_src} frames")
                         pos += 1
                     out[j] = frame
-                yield FrameChunk(c0, np.arange(c0, c0 + len(sel), dtype=np.float64) / fps, sel.copy(), out)
+                yield FrameChunk(c0, np.arange(first + c0, first + c0 + len(sel), dtype=np.float64) / fps,
+                                 sel.copy(), out)
         finally:
             frames_in.close()
 
@@ -579,10 +605,18 @@ class Clip:
     sample_rate: int
     size: tuple[int, int] | None
     decoder: Decoder
+    first_frame: int = 0  # output index in the whole video of this clip's frame 0 (windows)
+
+    @property
+    def start_s(self) -> float:
+        """Source time of frame 0, seconds."""
+        return self.first_frame / self.fps
 
     def chunks(self, chunk: int = 64) -> Iterator[FrameChunk]:
         """Frames at `fps` in chunks of at most `chunk` (can be iterated again)."""
-        return self.decoder.iter_frames(self.info.path, self.fps, chunk, self.size, info=self.info)
+        window = (self.first_frame, self.first_frame + self.n_frames)
+        return self.decoder.iter_frames(self.info.path, self.fps, chunk, self.size, info=self.info,
+                                        frame_range=window)
 
     def frames(self, max_bytes: int = 2 << 30) -> np.ndarray:
         """All frames (n_frames, H, W, 3) uint8; for short clips (refuses more than `max_bytes`)."""
@@ -601,12 +635,25 @@ def load_clip(
     sample_rate: int = TARGET_SAMPLE_RATE,
     size: tuple[int, int] | None = None,
     decoder: Decoder | None = None,
+    start_s: float = 0.0,
+    end_s: float | None = None,
 ) -> Clip:
-    """Probe, check `limits`, read aligned audio (sample_rate Hz); frames decode lazily at `fps`."""
+    """Probe, check `limits`, read aligned audio (sample_rate Hz); frames decode lazily at `fps`.
+
+    `start_s`/`end_s` select a window of the video (output frames round(start_s·fps) up to
+    round(end_s·fps), clamped to the video's end); frames and audio then cover only the window."""
     limits = limits or VideoLimits()
     decoder = decoder or DecordDecoder()
     info = decoder.probe(path)
-    n_out = check_limits(info, limits, fps)
+    window = None
+    if start_s or end_s is not None:
+        if start_s < 0 or (end_s is not None and end_s <= start_s):
+            raise VideoError(info.path, "bad_window", f"window {start_s}..{end_s} s is empty or negative; "
+                             "clip_end must be greater than clip_start >= 0")
+        first = int(round(start_s * fps))
+        window = (first, int(round(end_s * fps)) if end_s is not None else 1 << 62)
+    n_out = check_limits(info, limits, fps, window)
+    first = window[0] if window else 0
     audio = None
     if info.has_audio:
         try:
@@ -615,8 +662,10 @@ def load_clip(
             if e.reason != "no_audio" or limits.require_audio:
                 raise
         else:
-            audio = align_audio(raw, n_out, fps, sample_rate, offset_s=info.audio_offset_s)
-    return Clip(info=info, fps=fps, n_frames=n_out, audio=audio, sample_rate=sample_rate, size=size, decoder=decoder)
+            audio = align_audio(raw, first + n_out, fps, sample_rate, offset_s=info.audio_offset_s)
+            audio = np.ascontiguousarray(audio[samples_per_video(first, fps, sample_rate):])
+    return Clip(info=info, fps=fps, n_frames=n_out, audio=audio, sample_rate=sample_rate, size=size, decoder=decoder,
+                first_frame=first)
 
 
 def encode_mp4(path: str | os.PathLike, frames, fps: float, audio: np.ndarray | None = None,

@@ -429,3 +429,29 @@ def test_global_decord_bridge_does_not_leak(videos):
     finally:
         decord.bridge.set_bridge("native")
     assert isinstance(c.frames, np.ndarray) and c.frames.shape == (50, H, W, 3)
+
+
+def test_window_selects_frames_and_audio(videos):
+    whole = load_clip(videos["v30"], VideoLimits(min_side=32))
+    clip = load_clip(videos["v30"], VideoLimits(min_side=32), start_s=0.4, end_s=1.2)
+    assert clip.first_frame == 10 and clip.n_frames == 20 and clip.start_s == pytest.approx(0.4)
+    frames = clip.frames()
+    np.testing.assert_array_equal(read_codes(frames), read_codes(whole.frames())[10:30])
+    np.testing.assert_array_equal(clip.audio, whole.audio[10 * 640:30 * 640])
+    chunks = list(clip.chunks(8))
+    assert [c.start_index for c in chunks] == [0, 8, 16]
+    np.testing.assert_allclose(chunks[1].timestamps, np.arange(18, 26) / 25.0)
+    tail = load_clip(videos["v30"], VideoLimits(min_side=32), start_s=1.6, end_s=99.0)
+    assert tail.n_frames == 10  # clamped to the video's end
+    for start, end in ((5.0, 6.0), (1.0, 0.5), (-1.0, 1.0)):
+        with pytest.raises(VideoError) as ei:
+            load_clip(videos["v30"], VideoLimits(min_side=32), start_s=start, end_s=end)
+        assert ei.value.reason == "bad_window" and "v30" in str(ei.value)
+
+
+def test_duration_limit_applies_to_the_window(videos):
+    limits = VideoLimits(min_side=32, max_duration_s=1.0)
+    with pytest.raises(VideoError) as ei:
+        load_clip(videos["v30"], limits)
+    assert ei.value.reason == "too_long" and "clip_start" in str(ei.value)
+    assert load_clip(videos["v30"], limits, start_s=0.0, end_s=1.0).n_frames == 25
