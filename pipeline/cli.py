@@ -139,6 +139,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"{meta['track_frames']} frames, landmark error vs ground truth {meta['landmark_error_px_vs_truth']:.1f} px "
           f"({meta['landmark_error_iod_vs_truth']:.2f} of the eye distance), fit RMSE {meta['track_fit_rmse_px']:.2f} px")
     print(f"overlay: {meta['overlay']}")
+    print(f"process_clip: {meta['clip_frames']} frames in {meta['clip_seconds']:.1f} s "
+          f"({meta['clip_frames_per_s']:.1f} frames/s); masks vs ground truth IoU person "
+          f"{meta['clip_person_iou_vs_truth']:.2f}, head {meta['clip_head_iou_vs_truth']:.2f}, "
+          f"torso {meta['clip_torso_iou_vs_truth']:.2f}")
+    print(f"clip sheet: {meta['clip_sheet']}")
     return 0
 
 

@@ -89,6 +89,34 @@ class FittingConfig(_Section):
     overlap: int = Field(10, ge=0)
 
 
+class SegmentationConfig(_Section):
+    """Person matte and head/torso/background split."""
+
+    backend: Literal["colour", "rembg", "mediapipe"] = Field(
+        "colour", description="colour: GrabCut seeded by the fitted face (no weights); rembg: U²-Net ONNX; "
+        "mediapipe: multiclass selfie segmenter (optional extra)")
+    rembg_model: str = Field("u2net_human_seg", description="rembg session: u2net_human_seg, u2net, "
+                             "isnet-general-use, or u2net_custom with model_path")
+    model_path: Path | None = Field(None, description="custom ONNX (rembg) or .tflite (mediapipe); default: the asset")
+
+
+class OutputConfig(_Section):
+    """How per-frame images are stored."""
+
+    jpeg_quality: int = Field(90, ge=50, le=100, description="frames, torso, composite, background plate")
+    png_level: int = Field(3, ge=0, le=9, description="zlib level for SECC/PNCC/mask PNGs")
+    plate_samples: int = Field(32, ge=3, le=512, description="frames kept for the background-plate median")
+    chunk: int = Field(32, ge=1, le=512, description="frames decoded/rendered/segmented at a time")
+
+
+class AudioConfig(_Section):
+    """Audio features beyond log-mel/f0/RMS."""
+
+    hubert: Literal["auto", "always", "never"] = Field(
+        "auto", description="HuBERT features: auto = when the model folder exists (`r3p assets`), always = required")
+    hubert_window_s: float = Field(20.0, ge=2.0, le=120.0, description="HuBERT runs on windows of this length")
+
+
 class DemoConfig(_Section):
     samples: int = Field(4, ge=1, le=64, description="random faces in the demo contact sheet")
     seed: int = Field(0, ge=0)
@@ -109,6 +137,9 @@ class R3PConfig(_Section):
     landmarks: LandmarksConfig = Field(default_factory=LandmarksConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     fitting: FittingConfig = Field(default_factory=FittingConfig)
+    segmentation: SegmentationConfig = Field(default_factory=SegmentationConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    audio: AudioConfig = Field(default_factory=AudioConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
 
     @field_validator("assets")

@@ -195,6 +195,12 @@ class Face3D(torch.nn.Module):
         posed = self.pose(self.keypoint_shape(c["id"], c["exp"]), c["euler"], c["trans"])
         return uv_to_image(project(posed, size), size)[..., :2]
 
+    def image_xyz(self, coeffs: torch.Tensor, size: int = 224) -> torch.Tensor:
+        """Projected vertices (B, N, 3): x, y image pixels and view depth — geometry only, no shading."""
+        c = split_coeffs(coeffs)
+        posed = self.pose(self.shape(c["id"], c["exp"]), c["euler"], c["trans"])
+        return uv_to_image(project(posed, size), size)
+
     def forward(self, coeffs: torch.Tensor, size: int = 224) -> FaceOutput:
         """Full model for (B, 257) coefficients rendered at a `size`² image."""
         c = split_coeffs(coeffs)

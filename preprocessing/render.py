@@ -38,12 +38,35 @@ def render_secc(face3d: Face3D, id_coeff, exp_coeff, size: int = 512, remove_eye
     exp_t = torch.as_tensor(np.asarray(exp_coeff), dtype=torch.float32).reshape(-1, 64)
     coeffs = join_coeffs(id=id_t, exp=exp_t)
     with torch.no_grad():
-        out = face3d(coeffs, size)
+        xyz = face3d.image_xyz(coeffs, size)
     model = face3d.model
     tri = model.tri_without_eyes() if remove_eyes else model.tri
-    frags = _raster(out.image_xyz, tri, size)
-    ncc = interpolate(frags, tri, model.ncc(), background=0.0)
-    return np.where(frags.mask[..., None], 2.0 * ncc - 1.0, -1.0).astype(np.float32)
+    frags = _raster(xyz, tri, size)
+    return _ncc_code(frags, tri, model.ncc())
+
+
+def _ncc_code(frags: Fragments, tri: np.ndarray, ncc: np.ndarray) -> np.ndarray:
+    """2·NCC − 1 where a triangle covers the pixel, −1 elsewhere (interpolating straight to [-1, 1])."""
+    return interpolate(frags, tri, 2.0 * ncc - 1.0, background=-1.0)
+
+
+def render_pncc(face3d: Face3D, coeffs, size: int = 512, remove_eyes: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Posed PNCC (B, H, W, 3) in [-1, 1] and the face mask (B, H, W) bool, geometry only (no shading).
+
+    One rasterisation of all triangles: the mask includes the eyes (as `render_face`); with
+    `remove_eyes` the PNCC is −1 where an eye triangle is in front — the same image as rasterising
+    without them, since the mesh has nothing behind its eyes.
+    """
+    with torch.no_grad():
+        xyz = face3d.image_xyz(coeffs_tensor(coeffs), size)
+    model = face3d.model
+    frags = _raster(xyz, model.tri, size)
+    pncc = _ncc_code(frags, model.tri, model.ncc())
+    if remove_eyes and len(model.eye_faces):
+        eye = np.zeros(model.n_faces + 1, dtype=bool)
+        eye[model.eye_faces] = True
+        pncc[eye[frags.face_id]] = -1.0  # face_id −1 (background) reads the extra False entry
+    return pncc, frags.mask
 
 
 def render_face(face3d: Face3D, coeffs, size: int = 512, remove_eyes: bool = True) -> FaceRender:
@@ -57,8 +80,7 @@ def render_face(face3d: Face3D, coeffs, size: int = 512, remove_eyes: bool = Tru
     shaded = np.clip(interpolate(frags, model.tri, color, background=0.0), 0.0, 1.0)
     tri_pncc = model.tri_without_eyes() if remove_eyes else model.tri
     frags_pncc = _raster(out.image_xyz, tri_pncc, size) if remove_eyes else frags
-    ncc = interpolate(frags_pncc, tri_pncc, model.ncc(), background=0.0)
-    pncc = np.where(frags_pncc.mask[..., None], 2.0 * ncc - 1.0, -1.0).astype(np.float32)
+    pncc = _ncc_code(frags_pncc, tri_pncc, model.ncc())
     return FaceRender(shaded=shaded.astype(np.float32), pncc=pncc, depth=frags.depth, mask=frags.mask)
 
 

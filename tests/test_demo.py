@@ -28,6 +28,14 @@ def test_demo_writes_contact_sheet_marked_synthetic(tmp_path, capsys):
     assert str(overlay) in printed and np.asarray(Image.open(overlay)).std() > 10
     assert meta["track_frames"] == 50 and meta["track_face_fraction"] >= 0.8
     assert meta["landmark_error_iod_vs_truth"] < 0.2 and meta["track_fit_rmse_px"] < 5
+    # the process_clip part: the record's contact sheet and its masks against the ground truth
+    clip_sheet = out / "clip_sheet.png"
+    assert str(clip_sheet) in printed
+    img = np.asarray(Image.open(clip_sheet))
+    assert img.shape[0] > 4 * 192 and img.shape[1] > 7 * 192 and img.std() > 10
+    assert meta["clip_frames"] == 50 and meta["clip_person_iou_vs_truth"] > 0.85
+    assert meta["clip_head_iou_vs_truth"] > 0.6 and meta["clip_torso_iou_vs_truth"] > 0.6
+    assert {"detect", "fit", "render", "segment", "audio"} <= set(meta["clip_stage_seconds"])
 
 
 def _eye_box_pixels(face3d, exp, size):

@@ -28,7 +28,7 @@ def test_secc_of_a_plane_is_its_coordinates(grid_model):
     # NCC of the grid: x, y map [-1, 1] -> [0, 1], so 2c - 1 gives back X and Y; z is constant -> -1
     np.testing.assert_allclose(secc[..., 0][inside], X[inside], atol=1e-4)
     np.testing.assert_allclose(secc[..., 1][inside], Y[inside], atol=1e-4)
-    np.testing.assert_allclose(secc[..., 2][inside], -1.0)
+    np.testing.assert_allclose(secc[..., 2][inside], -1.0, atol=1e-6)
     assert np.all(secc[outside] == -1.0)
 
 
@@ -96,3 +96,20 @@ def test_mouth_box_is_a_square_around_the_lips():
     edge[0, 48:68] = [[2, 2], [40, 10]] * 10
     inside = mouth_box(edge, image_size=64)[0]
     assert inside[0] == 0 and inside[1] == 0 and inside[2] - inside[0] == pytest.approx(57.0)
+
+
+def test_geometry_only_pncc_equals_the_full_render():
+    """render_pncc (one rasterisation, no shading) gives render_face's PNCC and mask exactly."""
+    from pipeline.demo import random_coeffs
+    from preprocessing.render import render_pncc
+    from preprocessing.synthetic_bfm import synthetic_face_model
+
+    face = Face3D(synthetic_face_model(seed=1, size="small"))
+    coeffs = random_coeffs(np.random.default_rng(3), 3)
+    full = render_face(face, coeffs, 96, remove_eyes=True)
+    pncc, mask = render_pncc(face, coeffs, 96, remove_eyes=True)
+    np.testing.assert_array_equal(mask, full.mask)
+    np.testing.assert_allclose(pncc, full.pncc, atol=1e-6)
+    assert (pncc[mask] == -1).all(-1).any()  # the eye holes are there
+    pncc_eyes, _ = render_pncc(face, coeffs, 96, remove_eyes=False)
+    assert not (pncc_eyes[mask] == -1).all(-1).any()
