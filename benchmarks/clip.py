@@ -66,10 +66,12 @@ def make_clips(work: Path, seconds: float, long_seconds: float | None) -> tuple[
     from preprocessing.synthetic_bfm import synthetic_face_model
     from preprocessing.video import ffmpeg_exe
 
-    short = work / "corpus" / "id000" / "clip000.mp4"
-    if not short.is_file():
+    found = sorted((work / "corpus").glob("*/clip000.mp4"))
+    if not found:
         generate_corpus(synthetic_face_model(0, "bfm"), SynthSpec(identities=1, clips=1, seconds=seconds, size=512),
                         work / "corpus")
+        found = sorted((work / "corpus").glob("*/clip000.mp4"))
+    short = found[0]
     if not long_seconds:
         return short, None
     long = work / f"long_{int(long_seconds)}s.mp4"
