@@ -144,6 +144,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"{meta['clip_person_iou_vs_truth']:.2f}, head {meta['clip_head_iou_vs_truth']:.2f}, "
           f"torso {meta['clip_torso_iou_vs_truth']:.2f}")
     print(f"clip sheet: {meta['clip_sheet']}")
+    rep = meta["dataset_report"]
+    print(f"dataset (r3p preprocess on the corpus + one broken file): {meta['dataset']} — "
+          f"{rep['status']} in {meta['dataset_seconds']:.0f} s; errors: "
+          + (", ".join(f"{e['error']} x{e['count']}" for e in rep["top_errors"]) or "none"))
+    print(f"dataset sheet (r3p inspect): {meta['dataset_sheet']}")
+    return 0
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from pipeline.manifest import ManifestError
+    from pipeline.preprocess import PreprocessConflict, PreprocessError, run_preprocess
+
+    cfg = _cfg(args)
+    try:
+        summary = run_preprocess(args.input, args.output, cfg, address=args.address, retry_failed=args.retry_failed,
+                                 force=args.force)
+    except (ManifestError, PreprocessConflict, PreprocessError) as exc:
+        print(f"r3p preprocess: error: {exc}", file=sys.stderr)
+        return 2
+    return 0 if summary["complete"] else 1
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from pipeline.inspect import format_report, inspect_dataset
+
+    report = inspect_dataset(args.output, args.sheet, samples=args.samples, seed=args.seed)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
 
@@ -202,6 +229,29 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run the end-to-end demo on the embedded default and print where outputs are.")
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("preprocess", parents=[cfgp], help="corpus -> sharded Parquet (clips, frames) on Ray",
+                       description="Process every clip of INPUT (a folder of videos, or a CSV/JSONL/Parquet manifest "
+                                   "with a 'path' column and optional speaker_id, clip_start, clip_end, dataset) into "
+                                   "OUTPUT/vNNN/{clips,frames}/<shard>.parquet on Ray Data. Local paths or URIs "
+                                   "(s3://...). Re-running resumes: published shards are skipped.")
+    p.add_argument("input", metavar="INPUT", help="folder of videos or manifest file (path or URI)")
+    p.add_argument("output", metavar="OUTPUT", help="dataset folder (path or URI)")
+    p.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--retry-failed", action="store_true", help="process the failed clips of published shards again")
+    p.add_argument("--force", action="store_true",
+                   help="config or inputs changed: start over in a new version folder instead of stopping")
+    p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("inspect", parents=[cfgp], help="counts, common errors and a contact sheet of a dataset",
+                       description="Report counts by split and status, the most common errors, and write a "
+                                   "contact sheet of random frames with their PNCC and masks.")
+    p.add_argument("output", metavar="OUTPUT", help="dataset folder (latest version) or OUTPUT/vNNN")
+    p.add_argument("--sheet", help="contact sheet PNG (default OUTPUT/vNNN/inspect.png)")
+    p.add_argument("--samples", type=int, default=6, help="random frames in the contact sheet")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.set_defaults(func=cmd_inspect)
     return parser
 
 

@@ -124,6 +124,46 @@ class DemoConfig(_Section):
     synth_seconds: float = Field(3.0, ge=1.0, le=60.0, description="length of each demo clip")
 
 
+class PreprocessConfig(_Section):
+    """`r3p preprocess`: manifest (windows, splits, shards) and the Ray actors that process clips."""
+
+    extensions: list[str] = Field([".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"],
+                                  description="video file extensions picked up from an input directory")
+    window_s: float = Field(20.0, ge=1.0, le=600.0, description="long videos are cut into windows of this length")
+    min_window_s: float = Field(2.0, ge=0.0, description="a last window shorter than this joins the one before")
+    speaker_from_path: Literal["first_dir", "parent_dir", "none"] = Field(
+        "first_dir", description="speaker id when the input gives none: first folder of the relative path, "
+        "the file's folder, or none (the video is its own speaker)")
+    split_key: Literal["speaker", "video"] = Field("speaker", description="what the split hash is taken of")
+    val_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    test_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    split_salt: str = Field("r3p", description="changing it reshuffles the splits")
+    shard_size: int = Field(16, ge=1, le=100_000, description="clips per shard")
+    actors: int = Field(1, ge=1, le=4096, description="processor actors (each loads the models once)")
+    actor_num_cpus: float = Field(1.0, gt=0.0)
+    actor_num_gpus: float = Field(0.0, ge=0.0)
+    actor_memory_gb: float | None = Field(None, gt=0.0, description="memory Ray reserves per actor")
+    batch_size: int = Field(1, ge=1, le=64, description="clips per operator call (keep small: bounded memory)")
+    max_retries: int = Field(2, ge=0, le=10, description="retries per clip for transient (non-input) errors")
+    max_job_attempts: int = Field(3, ge=1, le=20, description="re-runs of the remaining clips after lost "
+                                  "workers or nodes")
+    probe_threads: int = Field(4, ge=1, le=64, description="threads probing durations in the manifest step")
+
+    @field_validator("test_fraction")
+    @classmethod
+    def _fractions(cls, v: float, info: Any) -> float:
+        if v + info.data.get("val_fraction", 0.0) >= 1.0:
+            raise ValueError("val_fraction + test_fraction must be below 1 (train gets the rest)")
+        return v
+
+    @field_validator("extensions")
+    @classmethod
+    def _dotted(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("give at least one extension, e.g. ['.mp4']")
+        return [e.lower() if e.startswith(".") else "." + e.lower() for e in v]
+
+
 class R3PConfig(_Section):
     """The whole configuration."""
 
@@ -141,6 +181,7 @@ class R3PConfig(_Section):
     output: OutputConfig = Field(default_factory=OutputConfig)
     audio: AudioConfig = Field(default_factory=AudioConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
 
     @field_validator("assets")
     @classmethod

@@ -70,6 +70,7 @@ def run_demo(cfg: R3PConfig, out_dir: Path) -> dict:
     }
     meta.update(geometry_demo(cfg, model, face3d, out_dir))
     meta.update(clip_demo(cfg, model, Path(meta["tracked_video"]), out_dir))
+    meta.update(preprocess_demo(cfg, Path(meta["corpus"]), out_dir))
     meta["total_seconds"] = round(time.perf_counter() - t0, 3)
     (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2))
     (out_dir / "config.yaml").write_text(config_to_yaml(cfg))
@@ -141,3 +142,24 @@ def clip_demo(cfg: R3PConfig, model, video: Path, out_dir: Path) -> dict:
         "clip_stage_seconds": rec.timings,
         "clip_encoded_mib": round(rec.encoded_bytes() / 2**20, 2),
     }
+
+
+def preprocess_demo(cfg: R3PConfig, corpus: Path, out_dir: Path) -> dict:
+    """`r3p preprocess` on the synthetic corpus plus one broken file, then `r3p inspect`."""
+    import shutil
+
+    from pipeline.inspect import inspect_dataset
+    from pipeline.preprocess import run_preprocess
+
+    good = sorted(corpus.glob("*/clip*.mp4"))
+    broken = corpus / "broken" / "truncated.mp4"
+    broken.parent.mkdir(exist_ok=True)
+    broken.write_bytes(good[0].read_bytes()[:4096])  # the first 4 KiB of a real clip: an unreadable mp4
+    dataset = out_dir / "dataset"
+    shutil.rmtree(dataset, ignore_errors=True)  # the demo starts over; real runs resume instead
+    t0 = time.perf_counter()
+    summary = run_preprocess(str(corpus), str(dataset), cfg)
+    seconds = time.perf_counter() - t0
+    report = inspect_dataset(str(dataset), out_dir / "dataset_sheet.png")
+    return {"dataset": str(dataset), "dataset_summary": summary, "dataset_seconds": round(seconds, 2),
+            "dataset_report": report, "dataset_sheet": str(out_dir / "dataset_sheet.png")}

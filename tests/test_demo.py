@@ -36,6 +36,13 @@ def test_demo_writes_contact_sheet_marked_synthetic(tmp_path, capsys):
     assert meta["clip_frames"] == 50 and meta["clip_person_iou_vs_truth"] > 0.85
     assert meta["clip_head_iou_vs_truth"] > 0.6 and meta["clip_torso_iou_vs_truth"] > 0.6
     assert {"detect", "fit", "render", "segment", "audio"} <= set(meta["clip_stage_seconds"])
+    # the preprocess part: every good clip ok, the broken file a failed row with its error, inspected
+    report = meta["dataset_report"]
+    n_good = len(list((out / "corpus").glob("synth*/clip*.mp4")))
+    assert report["status"] == {"ok": n_good, "failed": 1}
+    assert report["top_errors"][0]["error"].startswith("VideoError") and "truncated.mp4" in \
+        report["top_errors"][0]["example"]
+    assert str(out / "dataset_sheet.png") in printed and (out / "dataset_sheet.png").is_file()
 
 
 def _eye_box_pixels(face3d, exp, size):

@@ -1,0 +1,470 @@
+"""`r3p preprocess INPUT OUTPUT`: the corpus → sharded Parquet job on Ray Data.
+
+1. Manifest step (`pipeline.manifest`): clips with stable ids, windows, splits, shards.
+2. Version check (`pipeline.shards`): OUTPUT/vNNN holds one config + input set. Same config and
+   inputs → resume (published shards are skipped); anything changed → `PreprocessConflict` naming
+   what changed, unless `force` starts a new version folder.
+3. Ray Data: one single-row block per pending clip → `map_batches(ClipOperator,
+   compute=ActorPoolStrategy(size=n))` with num_cpus/num_gpus/memory per actor from config. The
+   driver streams the results, assembles each shard as soon as all its clips are back and
+   publishes it (temporaries, renames, stats file last), printing a line per shard.
+4. Lost work (a worker or node dying, an actor crashing on an input) never loses a row: Ray
+   retries tasks and restarts actors; blocks that still fail are tolerated by Ray Data
+   (`max_errored_blocks`), and the driver runs the clips that did not come back again, up to
+   `max_job_attempts` times; clips still missing then get failed rows saying so.
+5. A summary JSON (counts by split/status, errors, frames/s, stage shares, peak memory per actor,
+   bytes per minute of video) is written at the end and returned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import warnings
+from collections import Counter, defaultdict
+from dataclasses import asdict
+from importlib import metadata
+from typing import Any, Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline import manifest as mf
+from pipeline import schema, shards, storage
+from pipeline.actor import DEFAULT_FACTORY, ClipOperator
+from pipeline.config import R3PConfig
+
+log = logging.getLogger(__name__)
+
+#: preprocess keys that only change how the job runs, not what it writes (left out of the config hash)
+EXECUTION_KEYS = ("actors", "actor_num_cpus", "actor_num_gpus", "actor_memory_gb", "batch_size", "max_retries",
+                  "max_job_attempts", "probe_threads")
+
+
+class PreprocessConflict(RuntimeError):
+    """OUTPUT holds a dataset made with another config or input set; the message says what differs."""
+
+
+class PreprocessError(RuntimeError):
+    """The job itself cannot run (e.g. no actor can load the models); nothing was published."""
+
+
+def pipeline_version() -> str:
+    try:
+        return f"r3p {metadata.version('r3p')}"
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a plain checkout
+        return "r3p (unpackaged)"
+
+
+def config_fingerprint(cfg: R3PConfig) -> tuple[str, dict[str, Any]]:
+    """(16-hex hash, the settings hashed): everything that changes the output; not paths of
+    R3P_HOME, demo settings or execution resources."""
+    data = cfg.model_dump(mode="json")
+    for key in ("preset", "home", "demo"):
+        data.pop(key, None)
+    for key in EXECUTION_KEYS:
+        data.get("preprocess", {}).pop(key, None)
+    text = json.dumps(data, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16], data
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _describe_changes(run: dict[str, Any], cfg_hash: str, cfg_data: dict, fingerprint: str,
+                      old_ids: set[str], new_ids: set[str], layout: shards.Layout) -> str:
+    lines = []
+    if run["config_hash"] != cfg_hash:
+        a, b = _flat(run.get("config", {})), _flat(cfg_data)
+        keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:8]) + (" …" if len(keys) > 8 else "")
+        lines.append(f"the config changed ({shown})")
+    if run["input_fingerprint"] != fingerprint:
+        added, removed = sorted(new_ids - old_ids), sorted(old_ids - new_ids)
+        what = f"{len(added)} clip(s) added, {len(removed)} removed"
+        if not added and not removed:
+            what = "the same clips with other speakers, datasets, splits or shards"
+        lines.append(f"the input set changed ({what})")
+    nxt = f"v{layout.version + 1:03d}"
+    return (f"{layout.uri} was made with a different setup: {'; '.join(lines)}. Not mixing versions: re-run with "
+            f"--force to start over in {nxt}, or point OUTPUT elsewhere")
+
+
+def _select_version(fs, root: str, clips: list[mf.Clip], cfg_hash: str, cfg_data: dict, fingerprint: str,
+                    force: bool) -> tuple[shards.Layout, bool]:
+    """(layout, is_new): the latest version when it matches (resume), a new one with `force`, else a conflict."""
+    vs = shards.versions(fs, root)
+    if not vs:
+        return shards.Layout(fs, root, 1), True
+    if force:
+        return shards.Layout(fs, root, vs[-1] + 1), True
+    layout = shards.Layout(fs, root, vs[-1])
+    run = shards.read_json(fs, layout.run_path)
+    if run["config_hash"] == cfg_hash and run["input_fingerprint"] == fingerprint:
+        return layout, False
+    old = mf.clips_from_table(_read_manifest(layout))
+    raise PreprocessConflict(_describe_changes(run, cfg_hash, cfg_data, fingerprint, {c.clip_id for c in old},
+                                               {c.clip_id for c in clips}, layout))
+
+
+def _read_manifest(layout: shards.Layout) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(layout.manifest_path, filesystem=layout.fs)
+
+
+def _probe_cache(fs, root: str) -> dict:
+    vs = shards.versions(fs, root)
+    if not vs:
+        return {}
+    try:
+        return mf.probe_cache_from(mf.clips_from_table(_read_manifest(shards.Layout(fs, root, vs[-1]))))
+    except Exception:  # noqa: BLE001 - a cache only
+        return {}
+
+
+# ------------------------------------------------------------------------------------------------
+# Ray
+
+
+def use_loopback() -> None:
+    """Keep Ray on 127.0.0.1 in this process and the processes it starts.
+
+    Ray replaces 127.0.0.1/localhost (in addresses and `_node_ip_address`) by the machine's routable
+    address unless its single-machine mode is on; that mode is switched by an environment variable
+    read at import, so it is set for child processes and patched here for this one."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Connect to Ray: the given/RAY_ADDRESS cluster, else a local one on loopback. True if started here."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
+                              "ignore_reinit_error": True, "logging_level": logging.WARNING}
+    if address:
+        if address.split("://")[-1].rsplit(":", 1)[0] in ("127.0.0.1", "localhost"):
+            use_loopback()  # a cluster on this machine's loopback
+        ray.init(address=address, **kwargs)
+    else:
+        use_loopback()
+        ray.init(num_cpus=num_cpus, **kwargs)
+    return True
+
+
+def _actor_count(wanted: int, num_cpus: float, num_gpus: float, wait_s: float = 20.0) -> int:
+    """Actors that fit the cluster's free resources now (waits briefly for resources of dead work to free)."""
+    import ray
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        free = ray.available_resources()
+        fit = int(free.get("CPU", 0.0) / num_cpus + 1e-9)
+        if num_gpus > 0:
+            fit = min(fit, int(free.get("GPU", 0.0) / num_gpus + 1e-9))
+        if fit >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    return max(1, min(wanted, fit))
+
+
+def _execute(rows: list[dict[str, Any]], cfg: R3PConfig, run: dict[str, Any], factory: str, n_actors: int,
+             in_flight: int = 2):
+    """Stream operator outputs (pyarrow tables) for manifest `rows` through Ray Data; `in_flight` clips
+    queued per actor (1 isolates an input that crashes its worker from the clips queued behind it)."""
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    p = cfg.preprocess
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.max_errored_blocks = -1  # a block that fails for good is re-run (or reported) by the driver
+    ctx.execution_options.preserve_order = False
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    # A dead actor is restarted when resources allow, but its in-flight clips fail at once (no Ray-level task
+    # retry: it would wait forever for an actor whose node is gone, and loop on an input that crashes the
+    # worker); Ray Data tolerates those blocks and the driver runs the clips again, isolated.
+    remote_args: dict[str, Any] = {"num_cpus": p.actor_num_cpus, "max_restarts": -1, "max_task_retries": 0}
+    if p.actor_num_gpus:
+        remote_args["num_gpus"] = p.actor_num_gpus
+    if p.actor_memory_gb:
+        remote_args["memory"] = int(p.actor_memory_gb * 2**30)
+    with warnings.catch_warnings():
+        # max_restarts / max_task_retries have no named parameter yet (Ray 2.60 deprecates **ray_remote_args);
+        # the default max_task_retries=-1 would retry forever on an input that crashes the worker
+        warnings.simplefilter("ignore")
+        out = ds.map_batches(
+            ClipOperator,
+            fn_constructor_kwargs={"cfg_json": cfg.model_dump_json(), "run": run, "factory": factory,
+                                   "threads": max(1, int(p.actor_num_cpus)), "max_retries": p.max_retries},
+            batch_size=p.batch_size, batch_format="pyarrow", zero_copy_batch=True,
+            compute=ActorPoolStrategy(size=n_actors, max_tasks_in_flight_per_actor=in_flight), **remote_args)
+    for batch in out.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
+        yield batch
+
+
+# ------------------------------------------------------------------------------------------------
+# the job
+
+
+class _Shard:
+    """A shard being assembled on the driver."""
+
+    def __init__(self, shard_id: str, clip_ids: list[str]) -> None:
+        self.shard_id = shard_id
+        self.order = {cid: i for i, cid in enumerate(clip_ids)}
+        self.clips: dict[str, pa.Table] = {}
+        self.frames: dict[str, pa.Table] = {}
+        self.info: dict[str, dict[str, Any]] = {}
+
+    @property
+    def complete(self) -> bool:
+        return len(self.clips) == len(self.order)
+
+    def add(self, clip_id: str, clips: pa.Table, frames: pa.Table, info: dict[str, Any]) -> None:
+        self.clips[clip_id], self.frames[clip_id], self.info[clip_id] = clips, frames, info
+
+    def tables(self) -> tuple[pa.Table, pa.Table]:
+        ids = sorted(self.clips, key=self.order.__getitem__)
+        clips = pa.concat_tables([schema.conform(self.clips[i], schema.CLIPS_SCHEMA) for i in ids])
+        frames = pa.concat_tables([schema.conform(self.frames[i], schema.FRAMES_SCHEMA) for i in ids])
+        return clips, frames
+
+
+def _shard_stats(shard: _Shard, clips: pa.Table, run: dict[str, Any], retried: bool) -> dict[str, Any]:
+    rows = clips.select(["clip_id", "split", "status", "error_type", "error_reason", "n_frames", "seconds",
+                         "timings"]).to_pylist()
+    status = Counter(r["status"] for r in rows)
+    errors = Counter(f"{r['error_type']}" + (f" ({r['error_reason']})" if r["error_reason"] else "")
+                     for r in rows if r["status"] == schema.STATUS_FAILED)
+    frames = sum(r["n_frames"] or 0 for r in rows)
+    seconds = sum(r["seconds"] or 0.0 for r in rows)
+    stages: dict[str, float] = defaultdict(float)
+    for r in rows:
+        for t in r["timings"] or []:
+            stages[t["stage"]] += t["seconds"]
+    workers: dict[str, float] = {}
+    for info in shard.info.values():
+        if info.get("worker"):
+            workers[info["worker"]] = max(workers.get(info["worker"], 0.0), info.get("peak_rss_mb") or 0.0)
+    return {"shard_id": shard.shard_id, "split": rows[0]["split"] if rows else None, "clips": len(rows),
+            "ok": status.get(schema.STATUS_OK, 0), "failed": status.get(schema.STATUS_FAILED, 0),
+            "skipped": status.get(schema.STATUS_SKIPPED, 0), "frames": frames, "errors": dict(errors.most_common()),
+            "seconds": round(seconds, 3), "frames_per_s": round(frames / seconds, 3) if seconds > 0 else None,
+            "stage_seconds": {k: round(v, 3) for k, v in sorted(stages.items())},
+            "peak_rss_mb_per_worker": workers, "config_hash": run["config_hash"],
+            "schema_version": schema.SCHEMA_VERSION, "pipeline_version": run["pipeline_version"],
+            "retried_failed": retried, "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def run_preprocess(input_location: str, output_location: str, cfg: R3PConfig, *, address: str | None = None,
+                   retry_failed: bool = False, force: bool = False, factory: str = DEFAULT_FACTORY,
+                   progress: Callable[[str], None] | None = print, num_cpus: int | None = None) -> dict[str, Any]:
+    """Run the whole job; returns the run summary (also written to OUTPUT/vNNN/summary.json)."""
+    say = progress or (lambda s: None)
+    t_start = time.perf_counter()
+    p = cfg.preprocess
+    fs, root = storage.resolve(output_location)
+    clips = mf.build_manifest(input_location, p, _probe_cache(fs, root))
+    cfg_hash, cfg_data = config_fingerprint(cfg)
+    fingerprint = mf.input_fingerprint(clips)
+    layout, is_new = _select_version(fs, root, clips, cfg_hash, cfg_data, fingerprint, force)
+    run = {"version": layout.version, "config_hash": cfg_hash, "config": cfg_data, "input": str(input_location),
+           "input_fingerprint": fingerprint, "clips": len(clips), "schema_version": schema.SCHEMA_VERSION,
+           "pipeline_version": pipeline_version(),
+           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if is_new:
+        fs.create_dir(layout.dir, recursive=True)
+        buf = pa.BufferOutputStream()
+        import pyarrow.parquet as pq
+
+        pq.write_table(mf.clips_to_table(clips), buf)
+        storage.write_atomic(fs, layout.manifest_path, buf.getvalue().to_pybytes())
+        shards.write_json(fs, layout.run_path, run)  # last: marks the version folder complete
+    else:
+        run = shards.read_json(fs, layout.run_path)
+    shards.clean_temporaries(layout)
+
+    by_shard: dict[str, list[mf.Clip]] = defaultdict(list)
+    for c in clips:
+        by_shard[c.shard_id].append(c)
+    done = shards.published(layout)
+    pending: dict[str, _Shard] = {}
+    todo: list[mf.Clip] = []
+    for sid, members in sorted(by_shard.items()):
+        if sid not in done:
+            pending[sid] = _Shard(sid, [c.clip_id for c in members])
+            todo += members
+        elif retry_failed and done[sid].get("failed", 0) > 0:
+            old_clips, old_frames = shards.read_shard(layout, sid)
+            failed = set(old_clips.filter(pc.equal(old_clips["status"], schema.STATUS_FAILED))
+                         ["clip_id"].to_pylist())
+            sh = _Shard(sid, [c.clip_id for c in members])
+            for row_i, cid in enumerate(old_clips["clip_id"].to_pylist()):
+                if cid not in failed:
+                    sh.add(cid, old_clips.slice(row_i, 1),
+                           old_frames.filter(pc.equal(old_frames["clip_id"], cid)), {})
+            pending[sid] = sh
+            todo += [c for c in members if c.clip_id in failed]
+    n_shards = len(by_shard)
+    skipped_shards = n_shards - len(pending)
+    say(f"r3p preprocess: {len(clips)} clips in {n_shards} shards -> {layout.uri}"
+        f" ({'new version' if is_new else 'resuming'}; {skipped_shards} shard(s) already published, "
+        f"{len(todo)} clip(s) to process)")
+
+    published_now = 0
+    workers: dict[str, float] = {}
+    if todo and factory == DEFAULT_FACTORY:
+        from pipeline.process import process_params
+
+        process_params(cfg)  # config errors (e.g. audio.hubert=on without the model) before any actor starts
+    if todo:
+        started_ray = ensure_ray(address, num_cpus)
+        try:
+            published_now = _process(todo, pending, cfg, run, layout, factory, retry_failed, workers, say,
+                                     n_shards, skipped_shards)
+        finally:
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+    summary = summarize(layout, time.perf_counter() - t_start, published_now, skipped_shards, workers)
+    shards.write_json(fs, layout.summary_path, summary)
+    say(format_summary(summary))
+    return summary
+
+
+def _process(todo: list[mf.Clip], pending: dict[str, _Shard], cfg: R3PConfig, run: dict[str, Any],
+             layout: shards.Layout, factory: str, retried: bool, workers: dict[str, float], say,
+             n_shards: int, skipped_shards: int) -> int:
+    p = cfg.preprocess
+    remaining = {c.clip_id: c for c in todo}
+    published_now = 0
+    last_error = None
+    for attempt in range(1, p.max_job_attempts + 1):
+        if not remaining:
+            break
+        rows = [asdict(c) for c in sorted(remaining.values(), key=lambda c: (c.shard_id, c.rel_path, c.start_s))]
+        n_actors = _actor_count(min(p.actors, len(rows)), p.actor_num_cpus, p.actor_num_gpus)
+        if attempt > 1:
+            say(f"attempt {attempt}/{p.max_job_attempts}: {len(rows)} clip(s) did not come back "
+                f"({last_error or 'lost with a worker'}); running them again on {n_actors} actor(s)")
+        try:
+            for batch in _execute(rows, cfg, run, factory, n_actors, in_flight=2 if attempt == 1 else 1):
+                for out in batch.to_pylist():
+                    cid = out["clip_id"]
+                    if cid not in remaining:
+                        continue  # a duplicate from a retried task
+                    del remaining[cid]
+                    workers[out["worker"]] = max(workers.get(out["worker"], 0.0), out["peak_rss_mb"] or 0.0)
+                    sh = pending[out["shard_id"]]
+                    sh.add(cid, schema.from_ipc(out["clips_ipc"]), schema.from_ipc(out["frames_ipc"]),
+                           {"worker": out["worker"], "peak_rss_mb": out["peak_rss_mb"]})
+                    if sh.complete:
+                        published_now += 1
+                        _publish(sh, layout, run, retried, say, skipped_shards + published_now, n_shards)
+                        del pending[sh.shard_id]
+            last_error = None
+        except Exception as exc:  # noqa: BLE001 - lost workers/nodes: re-run what did not come back
+            last_error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            log.warning("preprocess attempt %d failed: %s", attempt, last_error)
+    if remaining and last_error and len(remaining) == len(todo):
+        raise PreprocessError(f"no clip came back from the actors in {p.max_job_attempts} attempt(s): {last_error}; "
+                              "nothing was published (check the config, the models and the worker logs)")
+    if remaining:  # still missing after every attempt: failed rows, never silently dropped
+        why = last_error or "the worker process died while processing it (e.g. a crash in a decoder)"
+        for cid, c in list(remaining.items()):
+            sh = pending[c.shard_id]
+            row = schema.failed_row(asdict(c), f"WorkerLost: no result after {p.max_job_attempts} attempt(s): {why}; "
+                                    "run with --retry-failed, or check the worker logs for this input", run,
+                                    attempts=p.max_job_attempts, error_type="WorkerLost")
+            sh.add(cid, row, schema.empty_frames(), {})
+            del remaining[cid]
+            if sh.complete:
+                published_now += 1
+                _publish(sh, layout, run, retried, say, skipped_shards + published_now, n_shards)
+                del pending[sh.shard_id]
+    return published_now
+
+
+def _publish(sh: _Shard, layout: shards.Layout, run: dict[str, Any], retried: bool, say, k: int, n: int) -> None:
+    clips, frames = sh.tables()
+    stats = shards.write_shard(layout, sh.shard_id, clips, frames, _shard_stats(sh, clips, run, retried))
+    fps = f"{stats['frames_per_s']:.1f} frames/s" if stats["frames_per_s"] else "-"
+    say(f"[{k}/{n}] {sh.shard_id}: {stats['clips']} clips ({stats['ok']} ok, {stats['failed']} failed), "
+        f"{stats['frames']} frames, {stats['seconds']:.1f} s of work, {fps}, "
+        f"{(stats['bytes_clips'] + stats['bytes_frames']) / 2**20:.1f} MiB")
+
+
+def summarize(layout: shards.Layout, wall_s: float | None = None, published_now: int = 0, skipped_shards: int = 0,
+              workers: dict[str, float] | None = None) -> dict[str, Any]:
+    """Run summary from the published shards of a version folder."""
+    stats = shards.published(layout)
+    manifest = _read_manifest(layout)
+    expected = set(manifest["shard_id"].to_pylist())
+    clips = shards.read_table(layout, "clips", ["split", "status", "error_type", "error_reason", "n_frames", "fps",
+                                                "seconds", "timings"]).to_pylist()
+    by = Counter((r["split"], r["status"]) for r in clips)
+    errors = Counter(f"{r['error_type']}" + (f" ({r['error_reason']})" if r["error_reason"] else "")
+                     for r in clips if r["status"] == schema.STATUS_FAILED)
+    frames = sum(r["n_frames"] or 0 for r in clips)
+    work_s = sum(r["seconds"] or 0.0 for r in clips)
+    video_s = sum((r["n_frames"] or 0) / r["fps"] for r in clips if r["fps"])
+    stages: dict[str, float] = defaultdict(float)
+    for r in clips:
+        for t in r["timings"] or []:
+            if t["stage"] != "total":  # the processor's own sum of the stages
+                stages[t["stage"]] += t["seconds"]
+    total_stage = sum(stages.values()) or 1.0
+    nbytes = sum(s.get("bytes_clips", 0) + s.get("bytes_frames", 0) for s in stats.values())
+    peak = dict(workers or {})
+    for s in stats.values():
+        for w, mb in (s.get("peak_rss_mb_per_worker") or {}).items():
+            peak[w] = max(peak.get(w, 0.0), mb)
+    status = Counter(r["status"] for r in clips)
+    return {
+        "output": layout.uri, "version": layout.version, "complete": expected <= set(stats),
+        "shards": len(expected), "shards_published": len(stats), "shards_published_this_run": published_now,
+        "shards_skipped_this_run": skipped_shards, "clips": len(clips),
+        "ok": status.get(schema.STATUS_OK, 0), "failed": status.get(schema.STATUS_FAILED, 0),
+        "skipped": status.get(schema.STATUS_SKIPPED, 0),
+        "by_split": {f"{sp}/{st}": n for (sp, st), n in sorted(by.items(), key=lambda kv: (str(kv[0][0]), kv[0][1]))},
+        "errors": dict(errors.most_common()), "frames": frames, "video_seconds": round(video_s, 3),
+        "work_seconds": round(work_s, 3), "wall_seconds": None if wall_s is None else round(wall_s, 3),
+        "frames_per_s_wall": round(frames / wall_s, 3) if wall_s and published_now else None,
+        "frames_per_s_per_actor": round(frames / work_s, 3) if work_s else None,
+        "stage_share": {k: round(v / total_stage, 4) for k, v in sorted(stages.items(), key=lambda kv: -kv[1])},
+        "bytes": nbytes, "mib_per_minute_of_video": round(nbytes / 2**20 / (video_s / 60), 2) if video_s else None,
+        "peak_rss_mb_per_worker": peak,
+    }
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    lines = [f"done: {s['ok']} ok, {s['failed']} failed, {s['skipped']} skipped of {s['clips']} clips; "
+             f"{s['frames']} frames ({s['video_seconds']:.1f} s of video)"
+             + (f" in {s['wall_seconds']:.1f} s" if s["wall_seconds"] is not None else "")
+             + (f", {s['frames_per_s_wall']:.1f} frames/s" if s.get("frames_per_s_wall") else "")]
+    if s["errors"]:
+        lines.append("errors: " + ", ".join(f"{k} x{v}" for k, v in list(s["errors"].items())[:5]))
+    if not s["complete"]:
+        lines.append(f"INCOMPLETE: {s['shards_published']}/{s['shards']} shards published; re-run to finish")
+    size = f", {s['mib_per_minute_of_video']:.1f} MiB per minute of video" if s["mib_per_minute_of_video"] else ""
+    lines.append(f"output: {s['output']} ({s['bytes'] / 2**20:.1f} MiB{size}); tables clips/ and frames/, "
+                 f"summary.json; `r3p inspect {s['output']}` for a report")
+    return "\n".join(lines)
