@@ -26,6 +26,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/raster.py
 	$(BIN)/python benchmarks/fitting.py
+	$(BIN)/python benchmarks/clip.py
 	$(BIN)/python benchmarks/preprocess.py
 
 clean-venv:
