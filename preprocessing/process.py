@@ -109,9 +109,10 @@ def limit_heap_growth(mmap_threshold: int = 256 << 10) -> bool:
 
     By default glibc raises its mmap threshold up to 32 MiB as large blocks are freed, so the
     per-chunk image temporaries land on the heap between the long-lived encoded JPEG/PNG bytes and
-    the heap cannot shrink: measured here, a 2-minute clip peaked at 5.9 GiB against 1.5 GiB for
-    10 s. A fixed threshold keeps the peak independent of the clip length. Process-wide; a no-op
-    (returns False) where glibc's `mallopt` is not available.
+    the heap cannot shrink. Measured here (with renders in batches of 8), a 2-minute clip peaked at
+    2.7 GiB with a fixed threshold against 5.9 GiB without; 10 s clips peak at 1.0 GiB. The
+    remaining growth is more than the record's encoded images (0.44 GiB) and is not yet explained.
+    Process-wide; a no-op (returns False) where glibc's `mallopt` is not available.
     """
     import ctypes
     import ctypes.util
