@@ -108,9 +108,7 @@ def crop_truth_masks(masks: np.ndarray, crop_box: np.ndarray, size: int) -> np.n
     """Ground-truth masks (T, H, W) bool in video pixels → the record's aligned crop (T, size, size)."""
     from preprocessing.landmarks.tracking import CropBox, crop_frames
 
-    x0, y0, x1, _ = (int(round(v)) for v in crop_box)
-    box = CropBox(x0, y0, x1 - x0)
-    return crop_frames(masks.astype(np.uint8) * 255, box, size) > 127
+    return crop_frames(masks.astype(np.uint8) * 255, CropBox.from_array(crop_box), size) > 127
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

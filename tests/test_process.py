@@ -7,7 +7,7 @@ from pipeline.config import load_config
 from pipeline.demo import crop_truth_masks, iou
 from pipeline.process import make_processor, process_params
 from preprocessing.face3d import Face3D
-from preprocessing.landmarks.tracking import TrackingError
+from preprocessing.landmarks.tracking import CropBox, TrackingError, crop_frames
 from preprocessing.process import code_to_uint8, decode_image
 from preprocessing.record import SEG_HEAD, SEG_TORSO
 from preprocessing.render import render_secc
@@ -81,20 +81,13 @@ def test_segmentation_and_plate_against_truth(processed):
 
 
 def _crop_image(img, rec):
-    from preprocessing.landmarks.tracking import CropBox, crop_frames
-
-    x0, y0, x1, _ = (int(round(v)) for v in rec.crop_box)
-    return crop_frames(img[None], CropBox(x0, y0, x1 - x0), rec.crop_size)[0].astype(np.float32)
+    return crop_frames(img[None], CropBox.from_array(rec.crop_box), rec.crop_size)[0].astype(np.float32)
 
 
 def _inside_video(rec):
     """Crop pixels that lie inside the source frame (the crop is padded black outside it)."""
     ones = np.full((rec.height, rec.width), 255, np.uint8)
-    from preprocessing.landmarks.tracking import CropBox, crop_frames
-
-    x0, y0, x1, _ = (int(round(v)) for v in rec.crop_box)
-    m = crop_frames(ones[None], CropBox(x0, y0, x1 - x0), rec.crop_size)[0] > 250
-    return m
+    return crop_frames(ones[None], CropBox.from_array(rec.crop_box), rec.crop_size)[0] > 250
 
 
 def test_controls_follow_the_face(processed):

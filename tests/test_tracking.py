@@ -251,3 +251,8 @@ def test_params_are_validated():
         TrackingParams(window=8)
     with pytest.raises(ValueError, match="crop_policy"):
         TrackingParams(crop_policy="stretch")
+
+
+def test_crop_box_array_round_trip():
+    for box in (CropBox(100, 60, 300), CropBox(-40, -30, 200)):
+        assert CropBox.from_array(box.as_array()) == box

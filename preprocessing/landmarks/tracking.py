@@ -96,6 +96,12 @@ class CropBox:
         """(x0, y0, x1, y1) as float64."""
         return np.array([self.x0, self.y0, self.x1, self.y1], dtype=np.float64)
 
+    @classmethod
+    def from_array(cls, box) -> CropBox:
+        """Inverse of `as_array`: (x0, y0, x1, y1) → CropBox (rounded to whole pixels)."""
+        x0, y0, x1, _ = (int(round(float(v))) for v in box)
+        return cls(x0, y0, x1 - x0)
+
 
 @dataclass(frozen=True)
 class FaceTrack:
