@@ -83,6 +83,11 @@ ASSETS: dict[str, Asset] = {a.key: a for a in [
     Asset("syncnet", "SyncNet weights", "syncnet/syncnet_v2.model",
           "lip-sync metrics LSE-C / LSE-D in `r3p evaluate`",
           "syncnet_v2.model from joonson/syncnet_python (its download_model.sh names the file)"),
+    Asset("lpips", "LPIPS (AlexNet trunk + v0.1 heads)", "lpips",
+          "LPIPS in `r3p evaluate` (left out of the results when missing)",
+          "alexnet-owt-7be5be79.pth (torchvision's ImageNet AlexNet, download.pytorch.org/models) and "
+          "alex.pth from the lpips package's weights/v0.1 folder (pip download lpips), both saved here",
+          contents=("alexnet-owt-7be5be79.pth", "alex.pth")),
     Asset("eg3d", "EG3D FFHQ checkpoint", "eg3d/ffhqrebalanced512-128.pkl",
           "GAN-sampled multi-view data for I2P pre-training (`r3p multiview`)",
           "ffhqrebalanced512-128.pkl from NVIDIA's EG3D model page (NGC), saved here"),

@@ -2,7 +2,9 @@
 
 See `base.py` for the API. Result names say which model ran: FID/KID/CSIM with the real weights,
 FID-dlib/KID-dlib/CSIM-dlib on the offline dlib face ResNet, LSE-D/C with SyncNet v2 and
-Sync-lm-D/C with the project's landmark SyncNet. LPIPS is not provided (see README).
+Sync-lm-D/C with the project's landmark SyncNet. LPIPS (`lpips.py`) needs the user's AlexNet and
+v0.1 head files and is left out of the results without them. Networks live in their own modules
+(`inception.py`, `syncnet.py`, `identity.py`, `lpips.py`) and load only from given paths.
 """
 
 from .base import MeanMetric, Metric, MetricError, MetricResult, merge_all
