@@ -18,7 +18,9 @@ from preprocessing.segmentation import (
     Segmentation,
     SegmentationError,
     available_segmenters,
+    head_frame,
     make_segmenter,
+    person_region,
     split_parts,
 )
 
@@ -140,7 +142,11 @@ def test_split_parts_geometry_and_roll():
     lm[48:68] = (100, 105)
     head, torso = split_parts(alpha, lm)
     assert head[60, 100] and head[115, 100] and torso[130, 100] and torso[180, 70]
-    assert not head[150:].any() and not (head & torso).any() and ((head | torso) == (alpha >= 0.5)).all()
+    assert not head[150:].any() and not (head & torso).any() and not ((head | torso) & (alpha < 0.5)).any()
+    # matte left out of both lies outside what the face geometry supports (the column's top corners)
+    left_out = (alpha >= 0.5) & ~head & ~torso
+    assert left_out.any() and not (left_out & person_region(head_frame(lm), h, w)).any()
+    assert left_out[40:60].sum() == left_out.sum()
     # rotating the image and the landmarks by 90° rotates the split with them
     rot = lambda a: np.rot90(a, -1)  # noqa: E731  (clockwise: (x, y) → (h − 1 − y, x) in pixel indices)
     lm_r = np.stack([h - lm[:, 1], lm[:, 0]], 1)

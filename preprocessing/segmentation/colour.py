@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from .base import Segmentation, check_inputs, register_backend
-from .parts import HeadFrame, head_frame
+from .parts import DEFAULT_BOUNDS, BodyBounds, HeadFrame, connected_to, head_frame, person_region
 
 
 def box(x: np.ndarray, r: int) -> np.ndarray:
@@ -44,8 +44,10 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -
     return box(a, radius) * guide + box(b, radius)
 
 
-def seed_labels(hf: HeadFrame, h: int, w: int, scale: float, face_mask: np.ndarray | None = None) -> np.ndarray:
-    """GrabCut labels (h, w) uint8 (GC_BGD/FGD/PR_BGD/PR_FGD) from the head geometry at `scale`."""
+def seed_labels(hf: HeadFrame, h: int, w: int, scale: float, face_mask: np.ndarray | None = None,
+                bounds: BodyBounds | None = DEFAULT_BOUNDS) -> np.ndarray:
+    """GrabCut labels (h, w) uint8 (GC_BGD/FGD/PR_BGD/PR_FGD) from the head geometry at `scale`;
+    outside `person_region(bounds)` (hair allowance, shoulder band) is sure background."""
     a, b = hf.coords(h, w, scale)
     c = hf.chin / hf.face_w
     labels = np.full((h, w), cv2.GC_PR_BGD, np.uint8)
@@ -75,6 +77,9 @@ def seed_labels(hf: HeadFrame, h: int, w: int, scale: float, face_mask: np.ndarr
     top = np.zeros((h, w), bool)
     top[:max(2, h // 40)] = True
     labels[top & (b < -1.0)] = cv2.GC_BGD
+    # nothing of the person lies outside what the face geometry supports (hair allowance, shoulders)
+    if bounds is not None:
+        labels[~person_region(hf, h, w, scale=scale, bounds=bounds)] = cv2.GC_BGD
     # sure foreground: landmark hull, face silhouette, neck strip
     fg = np.zeros((h, w), np.uint8)
     hull = cv2.convexHull(np.round(hf.landmarks * scale - 0.5).astype(np.int32))
@@ -95,7 +100,7 @@ class ColourSegmenter:
 
     def __init__(self, work_size: int = 160, iterations: int = 4, propagate_iterations: int = 1,
                  reinit_every: int = 0, guided_radius: float = 1.5, guided_eps: float = 1e-3,
-                 seed: int = 0) -> None:
+                 seed: int = 0, bounds: BodyBounds | None = DEFAULT_BOUNDS) -> None:
         if work_size < 32:
             raise ValueError(f"work_size must be >= 32, got {work_size}")
         if iterations < 1 or propagate_iterations < 1:
@@ -107,6 +112,7 @@ class ColourSegmenter:
         self.guided_radius = float(guided_radius)
         self.guided_eps = float(guided_eps)
         self.seed = int(seed)
+        self.bounds = bounds
         self.reset()
 
     def reset(self) -> None:
@@ -137,7 +143,7 @@ class ColourSegmenter:
         sx, sy = ws / w, hs / h
         small = cv2.resize(frame, (ws, hs), interpolation=cv2.INTER_AREA) if scale < 1 else frame
         small_bgr = np.ascontiguousarray(small[..., ::-1])
-        labels = seed_labels(hf, hs, ws, min(sx, sy), face_mask)
+        labels = seed_labels(hf, hs, ws, min(sx, sy), face_mask, self.bounds)
         fresh = self._models is None or (self.reinit_every and self._since_init >= self.reinit_every)
         if not fresh and self._prev is not None and self._prev.shape == (hs, ws):
             shift = (hf.origin - self._prev_hf.origin) * (sx, sy) if self._prev_hf is not None else np.zeros(2)
@@ -167,6 +173,8 @@ class ColourSegmenter:
         fg = ((cv2.morphologyEx(f8, cv2.MORPH_OPEN, np.ones((5, 1), np.uint8)) > 0)
               & (cv2.morphologyEx(f8, cv2.MORPH_OPEN, np.ones((1, 5), np.uint8)) > 0))
         fg |= labels == cv2.GC_FGD
+        if self.bounds is not None:  # only what is connected to the face (the sure-foreground seed)
+            fg = connected_to(fg, labels == cv2.GC_FGD)
         self._prev, self._prev_hf = fg, hf
         self._since_init += 1
         return self._upsample(frame, fg, 1.0 / min(sx, sy))

@@ -1,9 +1,20 @@
-"""Head / torso split of a person matte, and the reference's "inpainted torso" image.
+"""Head / torso split of a person matte, bounded by the face geometry, and the "inpainted torso".
 
 Geometry comes from the iBUG-68 landmarks (image pixels, x right, y down): the eye line gives the
-head's roll, the jaw (points 0–16) and chin (8) give the neck cut. With MediaPipe classes the
-reference grouping is used (Real3D-Portrait / GeneFace++): head = hair + face skin (+ "others"
-above the neck cut), torso = body skin + clothes (+ "others" below it).
+head's roll, the jaw (points 0–16) and chin (8) give the neck cut, and the face size `s` (the jaw
+width, or the eye–chin distance / 0.8 when the head is turned and the jaw looks narrow) scales
+everything else (`BodyBounds`):
+
+- the head lies above the neck cut, within a hair allowance of `hair_top` × s above the brows and
+  `hair_side` × s beside the jaw ends (the temples), and is the part of the matte connected to the
+  face (landmark hull / fitted face silhouette);
+- the torso lies below the neck cut: under the head (neck, long hair), and beside it from
+  `shoulder_rise` × s above the chin line within a band widening from the neck (`neck_half` × s each
+  side) to the shoulders (`shoulder_half` × s) and arms; only parts of the matte connected to the
+  neck or the head count.
+
+With MediaPipe classes the reference grouping is used (Real3D-Portrait / GeneFace++): head = hair +
+face skin (+ "others" above the neck cut), torso = body skin + clothes (+ "others" below it).
 """
 
 from __future__ import annotations
@@ -14,6 +25,32 @@ import cv2
 import numpy as np
 
 from .base import BODY_SKIN, CLOTHES, FACE_SKIN, HAIR, OTHERS
+
+
+@dataclass(frozen=True)
+class BodyBounds:
+    """Where a head and a torso can be, in face sizes `s` (see the module doc)."""
+
+    hair_top: float = 1.0  # head reaches this far above the brows
+    hair_side: float = 0.4  # ... and this far beside the jaw ends (temples, ears, hair)
+    neck_half: float = 0.5  # torso half-width at its top (the neck)
+    shoulder_rise: float = 0.3  # the torso starts at most this far above the chin line (shrugs, a lowered chin)
+    shoulder_half: float = 1.8  # torso half-width at shoulder height
+    shoulder_depth: float = 0.3  # ... reached this far below the torso's top
+    arm_spread: float = 0.35  # below that, the torso may widen this much per s further down
+
+    def __post_init__(self) -> None:
+        for name in ("hair_top", "hair_side", "neck_half", "shoulder_half", "shoulder_depth"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"BodyBounds.{name} must be > 0 (face sizes), got {getattr(self, name)}")
+        for name in ("shoulder_rise", "arm_spread"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"BodyBounds.{name} must be >= 0 (face sizes), got {getattr(self, name)}")
+        if self.shoulder_half < self.neck_half:
+            raise ValueError(f"BodyBounds.shoulder_half ({self.shoulder_half}) must be >= neck_half ({self.neck_half})")
+
+
+DEFAULT_BOUNDS = BodyBounds()
 
 
 @dataclass(frozen=True)
@@ -28,19 +65,31 @@ class HeadFrame:
     landmarks: np.ndarray  # (68, 2) float64
 
     @property
+    def size(self) -> float:
+        """Face size s, px: the jaw width, or eye–chin / 0.8 when that is larger (a turned head)."""
+        return float(max(self.face_w, self.chin / 0.8))
+
+    @property
     def roll(self) -> float:
         """In-plane head rotation, radians (positive = clockwise in the image)."""
         return float(np.arctan2(self.right[1], self.right[0]))
 
-    def coords(self, h: int, w: int, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-        """Head-frame coordinates (a along `right`, b along `down`) in face widths, of every pixel
-        centre of an (h, w) image whose pixels are `scale` × the landmarks' pixels."""
+    def coords(self, h: int, w: int, scale: float = 1.0, unit: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Head-frame coordinates (a along `right`, b along `down`) in `unit` px (default: face
+        widths), of every pixel centre of an (h, w) image whose pixels are `scale` × the landmarks'."""
+        unit = self.face_w if unit is None else float(unit)
         ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
         x = (xs + 0.5) / scale - self.origin[0]
         y = (ys + 0.5) / scale - self.origin[1]
-        a = (x * self.right[0] + y * self.right[1]) / self.face_w
-        b = (x * self.down[0] + y * self.down[1]) / self.face_w
+        a = (x * self.right[0] + y * self.right[1]) / unit
+        b = (x * self.down[0] + y * self.down[1]) / unit
         return a, b
+
+    def points(self, pts: np.ndarray, unit: float | None = None) -> np.ndarray:
+        """Head-frame coordinates (n, 2) = (a, b) of image points (n, 2), in `unit` px (default face widths)."""
+        unit = self.face_w if unit is None else float(unit)
+        d = np.asarray(pts, dtype=np.float64) - self.origin
+        return np.stack([d @ self.right, d @ self.down], -1) / unit
 
 
 def head_frame(landmarks: np.ndarray) -> HeadFrame | None:
@@ -65,32 +114,96 @@ def head_frame(landmarks: np.ndarray) -> HeadFrame | None:
     return HeadFrame(origin=origin, right=right, down=down, face_w=max(face_w, 1.5 * iod), chin=chin, landmarks=lm)
 
 
-def jaw_depth(hf: HeadFrame, a: np.ndarray) -> np.ndarray:
-    """Depth `b` (face widths) of the jaw contour at lateral positions `a` (face widths); +inf
-    outside the jaw's lateral extent."""
-    jaw = hf.landmarks[0:17] - hf.origin
-    ja = jaw @ hf.right / hf.face_w
-    jb = jaw @ hf.down / hf.face_w
+def jaw_depth(hf: HeadFrame, a: np.ndarray, unit: float | None = None) -> np.ndarray:
+    """Depth `b` of the jaw contour at lateral positions `a` (both in `unit` px, default face
+    widths); +inf outside the jaw's lateral extent."""
+    ja, jb = hf.points(hf.landmarks[0:17], unit).T
     order = np.argsort(ja)
     ja, jb = ja[order], jb[order]
     out = np.interp(a, ja, jb)
     return np.where((a < ja[0]) | (a > ja[-1]), np.inf, out)
 
 
-def head_region(hf: HeadFrame, h: int, w: int, margin: float = 0.03, reach: tuple[float, float] = (1.45, 1.6),
-                scale: float = 1.0) -> np.ndarray:
-    """Where the head may be: above the neck cut and within a generous ellipse around the face.
+def turn(hf: HeadFrame) -> float:
+    """Where the nose tip sits between the jaw ends, 0 (at the image-left end) … 1 (image right);
+    0.5 for a frontal face, towards 0 when the head turns to the image's left (yaw from landmarks)."""
+    ja = hf.points(hf.landmarks[0:17])[:, 0]
+    nose = float(hf.points(hf.landmarks[30:31])[0, 0])
+    lo, hi = float(ja.min()), float(ja.max())
+    return float(np.clip((nose - lo) / max(hi - lo, 1e-6), 0.0, 1.0))
 
-    The neck cut is the jaw contour pushed `margin` face widths down between the jaw's ends, and
-    the line through the chin (perpendicular to the head's up axis) beside it; `reach` are the
-    ellipse's semi-axes (across, along) in face widths, centred a little above the eyes.
+
+def _lateral(hf: HeadFrame, u: float, bounds: BodyBounds) -> tuple[float, float, float]:
+    """The hair allowance's half-widths (left, right) and the brow line's depth, in `u` px. The
+    side the face turns towards (nose near that jaw end) gets less room beyond the jaw contour,
+    the back of the head more (×0.3 … ×1.5 of `hair_side`)."""
+    jaw = hf.points(hf.landmarks[0:17], u)
+    r = turn(hf)
+    left = max(-jaw[:, 0].min(), 0.2) + bounds.hair_side * float(np.clip(2 * r, 0.3, 1.5))
+    right = max(jaw[:, 0].max(), 0.2) + bounds.hair_side * float(np.clip(2 * (1 - r), 0.3, 1.5))
+    brow = float(hf.points(hf.landmarks[17:27], u)[:, 1].min())
+    return left, right, brow
+
+
+def _neck_cut(hf: HeadFrame, a: np.ndarray, b: np.ndarray, u: float, margin: float) -> np.ndarray:
+    """True above the neck cut: the jaw contour pushed `margin` down, and the chin line beside it."""
+    return b <= np.minimum(jaw_depth(hf, a, unit=u) + margin, hf.chin / u + margin)
+
+
+def head_region(hf: HeadFrame, h: int, w: int, margin: float = 0.03, scale: float = 1.0,
+                bounds: BodyBounds = DEFAULT_BOUNDS) -> np.ndarray:
+    """Where the head may be (h, w) bool: above the neck cut and within the hair allowance.
+
+    The neck cut is the jaw contour pushed `margin` face sizes down between the jaw's ends, and the
+    line through the chin (perpendicular to the head's up axis) beside them. The allowance is a
+    half-ellipse over the brow line reaching `hair_top` above the brows and `hair_side` beside the
+    jaw ends (each side separately, so a turned head keeps its asymmetry), and a band of that width
+    below the brows; all in face sizes s.
     """
-    a, b = hf.coords(h, w, scale)
-    chin_b = hf.chin / hf.face_w
-    jaw_b = jaw_depth(hf, a) + margin
-    above = (b <= np.minimum(jaw_b, chin_b + margin))
-    ellipse = (a / reach[0]) ** 2 + ((b + 0.1) / reach[1]) ** 2 <= 1.0
-    return above & ellipse
+    u = hf.size
+    a, b = hf.coords(h, w, scale, unit=u)
+    left, right, brow = _lateral(hf, u, bounds)
+    half = np.where(a < 0, left, right)
+    rise = np.clip((brow - b) / bounds.hair_top, 0.0, None)  # 0 at the brows, 1 at the allowance's top
+    return _neck_cut(hf, a, b, u, margin) & ((a / half) ** 2 + rise ** 2 <= 1.0)
+
+
+def torso_region(hf: HeadFrame, h: int, w: int, margin: float = 0.03, scale: float = 1.0,
+                 bounds: BodyBounds = DEFAULT_BOUNDS) -> np.ndarray:
+    """Where the torso may be (h, w) bool: below the neck cut, within the neck/shoulder/arm band.
+
+    In face sizes s, with d the depth below the chin line along the head's down axis and a across:
+    below the neck cut under the head's hair allowance (neck, long hair), and from `shoulder_rise`
+    above the chin line down, within a half-width growing from `neck_half` to `shoulder_half` over
+    `shoulder_depth`, then by `arm_spread` per s further down (shoulders, arms; a raised shoulder
+    beside the jaw included).
+    """
+    u = hf.size
+    a, b = hf.coords(h, w, scale, unit=u)
+    left, right, _ = _lateral(hf, u, bounds)
+    below = ~_neck_cut(hf, a, b, u, margin)
+    d = b - hf.chin / u + bounds.shoulder_rise  # depth below the torso's top
+    grow = np.clip(d / bounds.shoulder_depth, 0.0, 1.0)
+    half = (bounds.neck_half + (bounds.shoulder_half - bounds.neck_half) * grow
+            + bounds.arm_spread * np.clip(d - bounds.shoulder_depth, 0.0, None))
+    column = (a >= -left) & (a <= right)
+    return (below & column) | ((d >= 0) & (np.abs(a) <= half))
+
+
+def person_region(hf: HeadFrame, h: int, w: int, scale: float = 1.0,
+                  bounds: BodyBounds = DEFAULT_BOUNDS) -> np.ndarray:
+    """Where any part of the person may be (h, w) bool: the head region or the torso region."""
+    return head_region(hf, h, w, scale=scale, bounds=bounds) | torso_region(hf, h, w, scale=scale, bounds=bounds)
+
+
+def connected_to(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """The 8-connected components of `mask` (H, W) bool that contain a pixel of `seed` (H, W) bool."""
+    if not mask.any() or not (mask & seed).any():
+        return np.zeros_like(mask, dtype=bool)
+    _, lab = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    keep = np.unique(lab[mask & seed])
+    keep = keep[keep > 0]
+    return np.isin(lab, keep)
 
 
 def _check_mask(name: str, m, shape: tuple[int, int]) -> np.ndarray:
@@ -101,12 +214,16 @@ def _check_mask(name: str, m, shape: tuple[int, int]) -> np.ndarray:
 
 
 def split_parts(person_alpha: np.ndarray, landmarks: np.ndarray, face_mask: np.ndarray | None = None,
-                classes: np.ndarray | None = None, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+                classes: np.ndarray | None = None, threshold: float = 0.5,
+                bounds: BodyBounds = DEFAULT_BOUNDS) -> tuple[np.ndarray, np.ndarray]:
     """Head and torso bool masks (H, W) of one frame's person matte (alpha ≥ `threshold`).
 
-    head = face + hair above the neck cut (see `head_region`), torso = the rest of the person; with
-    MediaPipe `classes` (H, W) the reference grouping. Without usable landmarks, head is the face
-    mask (or hair + face skin with classes) and torso the rest of the person.
+    head = the matte within `head_region` that is connected to the face (landmark hull, and the
+    fitted face silhouette `face_mask` when given); torso = the rest of the matte within
+    `torso_region` that is connected to the head or the neck. Matte outside both is neither (a
+    background region the matte took for the person). With MediaPipe `classes` (H, W) the reference
+    grouping. Without usable landmarks, head is the face mask (or hair + face skin with classes) and
+    torso the rest of the person.
     """
     alpha = np.asarray(person_alpha, dtype=np.float32)
     if alpha.ndim != 2:
@@ -117,7 +234,7 @@ def split_parts(person_alpha: np.ndarray, landmarks: np.ndarray, face_mask: np.n
         raise ValueError(f"landmarks must have shape (68, 2), got {lm.shape}")
     person = alpha >= threshold
     hf = head_frame(lm)
-    region = head_region(hf, h, w) if hf is not None else None
+    region = head_region(hf, h, w, bounds=bounds) if hf is not None else None
     if classes is not None:
         cls = _check_mask("classes", classes, (h, w)).astype(np.uint8)
         core = (cls == HAIR) | (cls == FACE_SKIN)
@@ -129,15 +246,27 @@ def split_parts(person_alpha: np.ndarray, landmarks: np.ndarray, face_mask: np.n
     if region is None:
         head = person & fm if fm is not None else np.zeros((h, w), bool)
         return head, person & ~head
-    head = person & region
-    if fm is not None:
-        head |= person & fm
-    # the landmark hull is face even where the matte is unsure
+    # the face itself: the landmark hull (face even where the matte is unsure) and the fitted silhouette
     hull = cv2.convexHull(np.round(lm).astype(np.int32))
-    face = np.zeros((h, w), np.uint8)
-    cv2.fillConvexPoly(face, hull, 1)
-    head |= (face > 0) & (alpha > 0.25)
-    return head, person & ~head
+    face8 = np.zeros((h, w), np.uint8)
+    cv2.fillConvexPoly(face8, hull, 1)
+    face = (face8 > 0) & (alpha > 0.25)
+    if fm is not None:
+        face |= person & fm
+    head = connected_to((person & region) | face, face) | face
+    # the torso: below the chin within the shoulder band, connected to the neck or the head
+    allowed = person & ~head & torso_region(hf, h, w, bounds=bounds)
+    touch = cv2.dilate(head.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    torso = connected_to(allowed, touch | _neck_seed(hf, h, w))
+    return head, torso
+
+
+def _neck_seed(hf: HeadFrame, h: int, w: int) -> np.ndarray:
+    """A small strip just under the chin (the neck), seeding the torso's connected components."""
+    u = hf.size
+    a, b = hf.coords(h, w, unit=u)
+    d = b - hf.chin / u
+    return (np.abs(a) < 0.2) & (d > 0.0) & (d < 0.3)
 
 
 def inpaint_torso(frame: np.ndarray, head: np.ndarray, torso: np.ndarray, max_extend: float = 0.15,

@@ -1,0 +1,258 @@
+"""Benchmark the colour segmenter and the head/torso split, before/after: synthetic IoUs and real photos.
+
+"before" is the `preprocessing/segmentation` package at a git revision (default: the commit before
+the face-geometry bounds, `--before REV`), imported from `git show` into a temporary folder; "after"
+is the working tree's. Both run on the same inputs:
+
+- synthetic: `r3p synth`-style clips (identities × 1 clip, 512²) with ground-truth landmarks and
+  head/torso masks; the matte from the ground-truth landmarks alone and with the ground-truth face
+  silhouettes (what `process_clip` passes from the fit). Mean and worst-frame IoU of person, head, torso.
+- real: portrait photos that ship inside installed packages (matplotlib's grace_hopper, scikit-image's
+  astronaut, insightface's t1 group photo with six faces) with busy backgrounds (flags, a room, other
+  people). Each dlib face becomes a short clip (`--frames`, a slow zoom-in with a small pan) cut like
+  the tracker's crop (3 × face width, 512²). Measures, averaged over frames (in face sizes s, the
+  jaw width or eye–chin / 0.8, whichever is larger):
+  - `head_out`: fraction of the head mask beyond a loose allowance (more than 1.2 s above the brows,
+    or 0.6 s beside the jaw ends) — nowhere a head reaches;
+  - `head_top`: fraction of the crop's top row covered by the head mask;
+  - `torso_out`: fraction of the torso mask more than 0.3 s above the chin line beside the neck
+    (|a| > 0.6 s) or more than 2.2 s to the side — background beside the head taken for shoulders;
+  - `bg_person`, `bg_head`, `bg_torso`: fraction of hand-marked background boxes (walls, flags,
+    lamp; in the photos' pixels, listed in `PHOTOS`) covered by the matte / head / torso.
+
+    python benchmarks/segmentation.py [--before REV] [--identities 3] [--seconds 2] [--frames 8] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BEFORE = "02d20b6"  # last commit before the face-geometry bounds
+
+# (package, file inside it, background boxes (x0, y0, x1, y1) in the photo's pixels (walls, flags, a
+# lamp, a window), and per face (dlib faces sorted left to right) boxes that are background for that
+# face's crop only (another person's arm))
+PHOTOS = {
+    "grace_hopper": ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg",
+                     [(0, 0, 135, 340), (385, 0, 512, 300), (170, 0, 350, 15)], {}),
+    "astronaut": ("skimage", "data/astronaut.png", [(0, 0, 55, 220), (150, 0, 310, 10), (305, 25, 350, 140)], {}),
+    "t1": ("insightface", "data/images/t1.jpg",
+           [(0, 0, 130, 230), (450, 0, 590, 200), (520, 140, 860, 215), (1060, 0, 1280, 225),
+            (620, 240, 740, 380), (612, 250, 675, 370), (858, 0, 878, 200), (875, 105, 905, 175)],
+           {2: [(385, 245, 450, 320)]}),
+}
+
+
+def photo_path(package: str, rel: str) -> Path:
+    """The file `rel` inside an installed package (no network)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {package!r} is not installed; pip install {package}")
+    return Path(list(spec.submodule_search_locations)[0]) / rel
+
+
+def load_rev(rev: str, work: Path):
+    """`preprocessing/segmentation` at git revision `rev`, imported as its own package."""
+    name = "seg_" + "".join(c if c.isalnum() else "_" for c in rev)
+    pkg = work / name
+    pkg.mkdir(parents=True, exist_ok=True)
+    files = subprocess.run(["git", "-C", str(ROOT), "ls-tree", "--name-only", rev, "preprocessing/segmentation/"],
+                           check=True, capture_output=True, text=True).stdout.split()
+    for f in files:
+        if f.endswith(".py"):
+            src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{f}"], check=True,
+                                 capture_output=True, text=True).stdout
+            (pkg / Path(f).name).write_text(src)
+    sys.path.insert(0, str(work))
+    return importlib.import_module(name)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two bool masks (1 when both are empty)."""
+    u = (a | b).sum()
+    return float((a & b).sum() / u) if u else 1.0
+
+
+def run_clip(seg_pkg, frames: np.ndarray, lm: np.ndarray, face_masks=None, inside=None, chunk: int = 16):
+    """Matte, head and torso (n, H, W) from one package's colour segmenter and split."""
+    seg = seg_pkg.make_segmenter("colour")
+    seg.reset()
+    person = np.concatenate([seg.segment(frames[s:s + chunk], lm[s:s + chunk],
+                                         None if face_masks is None else face_masks[s:s + chunk]).person
+                             for s in range(0, len(frames), chunk)])
+    if inside is not None:
+        person[:, ~inside] = 0.0
+    heads, torsos = [], []
+    for i in range(len(frames)):
+        h, t = seg_pkg.split_parts(person[i], lm[i], face_mask=None if face_masks is None else face_masks[i])
+        heads.append(h)
+        torsos.append(t)
+    return person, np.stack(heads), np.stack(torsos)
+
+
+def synthetic_clips(work: Path, identities: int, seconds: float):
+    """(name, frames, gt dict, GT face silhouettes) for `identities` synthetic clips at 512²."""
+    import cv2
+    import torch
+
+    from preprocessing.face3d import Face3D
+    from preprocessing.render import render_face
+    from preprocessing.synthetic import SynthSpec, generate_corpus
+    from preprocessing.synthetic_bfm import synthetic_face_model
+    from preprocessing.video import load_clip
+
+    model = synthetic_face_model(0, "bfm")
+    out = work / "corpus"
+    if not any(out.glob("*/clip000.npz")):
+        generate_corpus(model, SynthSpec(identities=identities, clips=1, seconds=seconds, size=512, seed=5), out)
+    face3d = Face3D(model)
+    for npz in sorted(out.glob("*/clip000.npz")):
+        gt = dict(np.load(npz))
+        frames = load_clip(npz.with_suffix(".mp4")).frames()
+        with torch.inference_mode():
+            small = render_face(face3d, torch.as_tensor(gt["coeffs"]), 256).mask
+        fm = np.stack([cv2.resize(m.astype(np.uint8), (512, 512), interpolation=cv2.INTER_NEAREST) > 0 for m in small])
+        yield npz.parent.name, frames, gt, fm
+
+
+def synthetic_scores(seg_pkg, frames, gt, fm) -> dict[str, dict[str, float]]:
+    """IoUs (mean, worst frame) of person/head/torso against ground truth, without and with face masks."""
+    lm = gt["landmarks"].astype(np.float32)
+    gp = gt["head_mask"] | gt["torso_mask"]
+    res = {}
+    for mode, masks in (("landmarks", None), ("landmarks+face", fm)):
+        person, head, torso = run_clip(seg_pkg, frames, lm, masks)
+        vals = {"person": [iou(person[i] >= 0.5, gp[i]) for i in range(len(frames))],
+                "head": [iou(head[i], gt["head_mask"][i]) for i in range(len(frames))],
+                "torso": [iou(torso[i], gt["torso_mask"][i]) for i in range(len(frames))]}
+        res[mode] = {f"{k}_mean": float(np.mean(v)) for k, v in vals.items()}
+        res[mode].update({f"{k}_min": float(np.min(v)) for k, v in vals.items()})
+    return res
+
+
+def photo_clips(n_frames: int, crop_scale: float = 3.0):
+    """(name, frames (n, 512, 512, 3), landmarks (n, 68, 2), inside (512, 512) bool, bg boxes mask (n, 512, 512))
+    for every dlib face of every photo, as a slow zoom-in with a small pan."""
+    from PIL import Image
+
+    from preprocessing.landmarks import make_detector
+    from preprocessing.landmarks.tracking import CropBox, compute_crop_box, crop_frames, landmarks_to_crop
+
+    det = make_detector("dlib")
+    for name, (package, rel, boxes, per_face) in PHOTOS.items():
+        img = np.asarray(Image.open(photo_path(package, rel)).convert("RGB"))
+        h, w = img.shape[:2]
+        white = np.full((h, w), 255, np.uint8)
+        faces = sorted(det.detect(img), key=lambda f: f.box[0])
+        for k, face in enumerate(faces):
+            bg = np.zeros((h, w), np.uint8)
+            for x0, y0, x1, y1 in boxes + per_face.get(k, []):
+                bg[y0:y1, x0:x1] = 255
+            base = compute_crop_box(face.landmarks[None], np.ones(1, bool), scale=crop_scale)
+            frames, lms, bgs, ins = [], [], [], []
+            for t in range(n_frames):
+                f = t / max(n_frames - 1, 1)
+                side = int(round(base.side * (1.0 - 0.06 * f)))
+                dx = int(round(0.03 * base.side * np.sin(2 * np.pi * f)))
+                box = CropBox(base.x0 + (base.side - side) // 2 + dx, base.y0 + (base.side - side) // 2, side)
+                frames.append(crop_frames(img[None], box, 512)[0])
+                lms.append(landmarks_to_crop(face.landmarks, box, 512))
+                bgs.append(crop_frames(bg[..., None].repeat(3, -1)[None], box, 512)[0, ..., 0] > 127)
+                ins.append(crop_frames(white[..., None].repeat(3, -1)[None], box, 512)[0, ..., 0] > 127)
+            yield (f"{name}#{k}@{crop_scale:g}" if len(faces) > 1 else f"{name}@{crop_scale:g}", np.stack(frames), np.stack(lms).astype(np.float32),
+                   np.stack(ins), np.stack(bgs))
+
+
+def photo_scores(seg_pkg, frames, lm, inside, bg) -> dict[str, float]:
+    """The real-photo measures (see the module doc), averaged over the clip's frames."""
+    from preprocessing.segmentation.parts import head_frame
+
+    seg = seg_pkg.make_segmenter("colour")
+    seg.reset()
+    person = seg.segment(frames, lm).person
+    person[~inside] = 0.0
+    out = {k: [] for k in ("head_out", "head_top", "torso_out", "bg_person", "bg_head", "bg_torso")}
+    for i in range(len(frames)):
+        head, torso = seg_pkg.split_parts(person[i], lm[i])
+        hf = head_frame(lm[i])
+        u = hf.size
+        a, b = hf.coords(512, 512, unit=u)
+        jaw = hf.points(lm[i][0:17], u)
+        brow = hf.points(lm[i][17:27], u)[:, 1].min()
+        beyond = (b < brow - 1.2) | (a < jaw[:, 0].min() - 0.6) | (a > jaw[:, 0].max() + 0.6)
+        d = b - hf.chin / u
+        off = ((d < -0.3) & (np.abs(a) > 0.6)) | (np.abs(a) > 2.2)
+        out["head_out"].append(float((head & beyond).sum() / max(head.sum(), 1)))
+        out["head_top"].append(float(head[0].mean()))
+        out["torso_out"].append(float((torso & off).sum() / max(torso.sum(), 1)))
+        box = bg[i] & inside[i]
+        n = max(box.sum(), 1)
+        out["bg_person"].append(float((box & (person[i] >= 0.5)).sum() / n))
+        out["bg_head"].append(float((box & head).sum() / n))
+        out["bg_torso"].append(float((box & torso).sum() / n))
+    return {k: float(np.mean(v)) for k, v in out.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--before", default=BEFORE, help="git revision of the 'before' segmentation package")
+    ap.add_argument("--identities", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--frames", type=int, default=8, help="frames per real-photo clip")
+    ap.add_argument("--work", default=None, help="folder to keep the synthetic corpus in (reused)")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args()
+
+    import cv2
+    import torch
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    import preprocessing.segmentation as after
+
+    tmp = tempfile.TemporaryDirectory()
+    work = Path(args.work or tmp.name)
+    work.mkdir(parents=True, exist_ok=True)
+    before = load_rev(args.before, Path(tmp.name) / "revs")
+    pkgs = {"before": before, "after": after}
+    results: dict = {"before_rev": args.before, "synthetic": {}, "real": {}}
+    t0 = time.perf_counter()
+    print(f"synthetic clips ({args.identities} identities × {args.seconds:g} s, 512²): IoU mean / worst frame")
+    for name, frames, gt, fm in synthetic_clips(work, args.identities, args.seconds):
+        results["synthetic"][name] = {k: synthetic_scores(p, frames, gt, fm) for k, p in pkgs.items()}
+        for mode in ("landmarks", "landmarks+face"):
+            cells = []
+            for k in pkgs:
+                r = results["synthetic"][name][k][mode]
+                cells.append(f"{k}: " + "  ".join(f"{m} {r[m + '_mean']:.3f}/{r[m + '_min']:.3f}"
+                                                   for m in ("person", "head", "torso")))
+            print(f"  {name} [{mode}]  " + "  |  ".join(cells))
+    print(f"real photos ({args.frames}-frame clips): head_out head_top torso_out bg_person bg_head bg_torso")
+    for name, frames, lm, inside, bg in photo_clips(args.frames):
+        results["real"][name] = {k: photo_scores(p, frames, lm, inside, bg) for k, p in pkgs.items()}
+        for k in pkgs:
+            r = results["real"][name][k]
+            print(f"  {name:16s} {k:6s} " + " ".join(f"{r[m]:.3f}" for m in r))
+    for k in pkgs:
+        agg = {m: float(np.mean([r[k][m] for r in results["real"].values()])) for m in next(iter(results["real"].values()))[k]}
+        results.setdefault("real_mean", {})[k] = agg
+        print(f"  {'mean':16s} {k:6s} " + " ".join(f"{v:.3f}" for v in agg.values()))
+    print(f"done in {time.perf_counter() - t0:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
