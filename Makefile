@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/fitting.py
 	$(BIN)/python benchmarks/clip.py
 	$(BIN)/python benchmarks/preprocess.py
+	$(BIN)/python benchmarks/metrics.py
 
 clean-venv:
 	rm -rf $(VENV)
