@@ -149,12 +149,22 @@ class Head:
 
 @dataclass
 class Views:
-    """Renders of one head from V cameras at `size`²."""
+    """Renders of one head from V cameras: the image at `size`², depth and mask (at `size`² for the
+    morphable teacher, at EG3D's render resolution for EG3D), and EG3D's opacity when it has one."""
 
     image: np.ndarray  # (V, H, W, 3) uint8
-    depth: np.ndarray  # (V, H, W) float32, distance along the ray in EG3D world units, +inf background
-    mask: np.ndarray  # (V, H, W) bool, face pixels
+    depth: np.ndarray  # (V, h, w) float32, distance along the ray in EG3D world units, +inf background
+    mask: np.ndarray  # (V, h, w) bool, head pixels (EG3D: opacity > 0.5)
     cameras: np.ndarray  # (V, 25) float32
+    opacity: np.ndarray | None = None  # (V, h, w) float32 accumulated opacity (EG3D only)
+
+
+def downsample(images: np.ndarray, size: int) -> np.ndarray:
+    """(V, H, W, 3) uint8 → (V, size, size, 3) uint8, antialiased bilinear (as the reference makes
+    its 128² raw targets from the 512² images)."""
+    x = torch.as_tensor(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    y = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 class MorphableTeacher:
@@ -221,3 +231,53 @@ class MorphableTeacher:
         depth = ray_distance(depth_z, cams).astype(np.float32)
         img = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
         return Views(image=img, depth=depth, mask=mask, cameras=cams)
+
+
+# ---------------------------------------------------------------------------------------------
+# the EG3D teacher
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Latent:
+    """One EG3D sample: its seed, latent z and conditioning camera."""
+
+    seed: int
+    z: np.ndarray  # (z_dim,) float32
+    cond_camera: np.ndarray  # (25,) float32
+
+
+class EG3DTeacher:
+    """EG3D heads: z and a conditioning camera from the seed, ws with truncation ψ, rendered per camera."""
+
+    name = "eg3d"
+
+    def __init__(self, generator, truncation_psi: float = 0.7, cameras: CameraDistribution = CameraDistribution()):
+        self.generator = generator.eval()
+        self.truncation_psi = float(truncation_psi)
+        self.cameras = cameras
+        self.size = int(generator.cfg.img_resolution)
+        self.device = next(generator.parameters()).device
+
+    def sample(self, seed: int) -> Latent:
+        """z ~ N(0, I) and a conditioning camera (pitch ±10°, yaw ±16°, radius 2.7–3.2) for `seed`."""
+        rng = np.random.default_rng(seed)
+        z = rng.standard_normal(self.generator.cfg.z_dim).astype(np.float32)
+        return Latent(seed=int(seed), z=z, cond_camera=conditioning_camera(rng, self.cameras))
+
+    @torch.no_grad()
+    def render(self, head: Latent, cameras: np.ndarray) -> Views:
+        """The SR image (size²), rendered depth and opacity (render resolution) for (V, 25) cameras."""
+        cams = np.asarray(cameras, np.float32).reshape(-1, 25)
+        g = self.generator
+        z = torch.as_tensor(head.z, device=self.device)[None]
+        cond = torch.as_tensor(head.cond_camera, device=self.device)[None]
+        ws = g.mapping(z, cond, truncation_psi=self.truncation_psi)
+        planes = g.planes(ws)
+        v = len(cams)
+        out = g.synthesis(ws.expand(v, -1, -1), torch.as_tensor(cams, device=self.device),
+                          planes=planes.expand(v, -1, -1, -1, -1))
+        img = ((out["image"].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        opacity = out["opacity"][:, 0].float().cpu().numpy()
+        depth = out["image_depth"][:, 0].float().cpu().numpy()
+        depth = np.where(opacity > 0.5, depth, np.inf).astype(np.float32)
+        return Views(image=img, depth=depth, mask=opacity > 0.5, cameras=cams, opacity=opacity.astype(np.float32))

@@ -123,3 +123,25 @@ def test_head_placement_matches_the_dataset_camera():
     assert np.allclose((p[:, 1] - 0.5).numpy(), ratio * d3d_y.numpy(), atol=1e-4)
     assert math.isclose(float(np.linalg.norm(cam[0, [3, 7, 11]].numpy() - np.array([0, 0.006, 0.161]))),
                         0.27 * float(torch.linalg.norm(torch.tensor([0, 0, 10.0]) - trans)), rel_tol=1e-5)
+
+
+def test_raw_image_is_an_antialiased_downsample(teacher):
+    from preprocessing.multiview import downsample
+    views = teacher.render(teacher.sample(2), np.stack([look_at_camera(0.0, 0.1, 3.0)]))
+    raw = downsample(views.image, 32)
+    assert raw.shape == (1, 32, 32, 3)
+    block_mean = views.image[0].reshape(32, 4, 32, 4, 3).mean(axis=(1, 3))  # box filter of the same footprint
+    assert np.abs(raw[0].astype(float) - block_mean).mean() < 6.0
+
+
+def test_eg3d_teacher_renders_views_deterministically():
+    from preprocessing.eg3d.generator import EG3DConfig, TriPlaneGenerator
+    from preprocessing.multiview import EG3DTeacher
+    torch.manual_seed(0)
+    t = EG3DTeacher(TriPlaneGenerator(EG3DConfig.tiny()), truncation_psi=0.7)
+    cams = np.stack([look_at_camera(0.1, -0.4, 3.0), look_at_camera(-0.1, 0.4, 2.8)])
+    a, b = t.render(t.sample(4), cams), t.render(t.sample(4), cams)
+    assert a.image.shape == (2, 64, 64, 3) and a.depth.shape == (2, 16, 16) and a.opacity.shape == (2, 16, 16)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.opacity, b.opacity)
+    assert not np.array_equal(a.image[0], a.image[1])
+    assert not np.array_equal(t.sample(4).z, t.sample(5).z)
