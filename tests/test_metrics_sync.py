@@ -101,3 +101,39 @@ def test_mfcc_equals_python_speech_features():
     for signal in (pcm, pcm[:399], pcm[:401]):
         ref = python_speech_features.mfcc(signal, 16000)
         np.testing.assert_allclose(mfcc(signal, 16000), ref, rtol=1e-10, atol=1e-9)
+
+
+class EnvelopeSync:
+    """A stand-in for the landmark SyncNet hook: z-scored 5-frame windows of mouth opening vs audio RMS."""
+
+    prefix, model = "Sync-lm", "envelope stand-in"
+
+    def embed(self, video, audio):
+        def z(w):
+            w = w - w.mean(-1, keepdims=True)
+            return w / (w.std(-1, keepdims=True) + 1e-6)
+
+        n = min(len(video), len(audio) // 640)
+        rms = np.sqrt((audio[:n * 640].astype(np.float64).reshape(n, 640) ** 2).mean(1))
+        windows = range(n - 5)
+        return (z(np.stack([video[k:k + 5] for k in windows])), z(np.stack([rms[k:k + 5] for k in windows])))
+
+
+def test_known_audio_offsets_of_synthetic_clips_are_recovered():
+    from preprocessing.synthetic import speech_like_audio
+
+    metric = LipSync.for_embedder(EnvelopeSync())
+    for i, delay in enumerate((-4, 0, 2, 5)):  # audio later than the mouth by `delay` frames (the corpus' convention)
+        audio, mouth = speech_like_audio(np.random.default_rng([0, i]), 100, 150.0, (650.0, 1400.0))
+        shift = delay * 640
+        audio = np.roll(audio, shift)
+        if shift > 0:
+            audio[:shift] = 0
+        elif shift < 0:
+            audio[shift:] = 0
+        scores = metric.update(*EnvelopeSync().embed(mouth, audio))
+        assert scores.offset == -delay  # syncnet_python's sign: audio later → negative AV offset
+        assert scores.confidence > 1.0
+    res = metric.compute()
+    assert set(res) == {"Sync-lm-D", "Sync-lm-C"} and res["Sync-lm-C"].model == "envelope stand-in"
+    assert res["Sync-lm-D"].details["mean_abs_offset_frames"] == pytest.approx(11 / 4)

@@ -32,7 +32,9 @@ class SyncEmbedder(Protocol):
     prefix: str  # "LSE" (SyncNet v2) or "Sync-lm" (the project's landmark SyncNet)
     model: str
 
-    def embed(self, frames: np.ndarray, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def embed(self, video: np.ndarray, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(video_emb, audio_emb), each (windows, dim), window k covering video frames k … k+4 at 25 fps.
+        `video` is what the model reads: 224² face crops (SyncNet v2) or mouth landmarks (Sync-lm)."""
         ...
 
 
