@@ -145,3 +145,37 @@ def test_five_points_and_csim_merge():
     assert r.value == pytest.approx(np.mean(frames @ src / np.linalg.norm(frames, axis=1) / np.linalg.norm(src)))
     with pytest.raises(MetricError, match="do not agree"):
         single.update(src, frames[:, :8])
+
+
+def test_backends_fall_back_under_their_own_names_and_say_why(tmp_path):
+    import torch
+
+    from evaluation.metrics.backends import resolve_backends
+    from evaluation.metrics.inception import FIDInceptionV3, InceptionFeatures
+    from evaluation.metrics.syncnet import SyncNetEmbedder, SyncNetV2
+
+    home = tmp_path / "home"
+    b = resolve_backends(home / "fid.pth", home / "buffalo_l", home / "syncnet_v2.model", home / "lpips")
+    assert isinstance(b.features, DlibFaceEmbedder) and b.features.fid_name == "FID-dlib"
+    assert isinstance(b.identity, DlibFaceEmbedder) and b.sync is None and b.lpips_dir is None
+    assert "not found at" in b.notes["FID"] and "FID-dlib" in b.notes["FID"]
+    assert "CSIM-dlib" in b.notes["CSIM"] and b.notes["LSE"].startswith("not computed")
+    assert "alexnet-owt-7be5be79.pth, alex.pth" in b.notes["LPIPS"]
+
+    class LandmarkSync:
+        prefix, model = "Sync-lm", "syncnet stage"
+
+    assert resolve_backends(landmark_sync=LandmarkSync()).notes["LSE"].startswith("SyncNet v2 weights not configured")
+
+    (home / "buffalo_l").mkdir(parents=True)
+    _standin_arcface(home / "buffalo_l" / "w600k_r50.onnx")
+    torch.save(FIDInceptionV3().state_dict(), home / "fid.pth")
+    torch.save(SyncNetV2().state_dict(), home / "syncnet_v2.model")
+    b = resolve_backends(home / "fid.pth", home / "buffalo_l", home / "syncnet_v2.model",
+                         landmark_sync=LandmarkSync())
+    assert isinstance(b.features, InceptionFeatures) and b.features.fid_name == "FID"
+    assert isinstance(b.identity, ArcFaceEmbedder) and b.identity.csim_name == "CSIM"
+    assert isinstance(b.sync, SyncNetEmbedder) and b.sync.prefix == "LSE"  # the real weights win
+    (home / "broken.pth").write_bytes(b"not a torch file")
+    with pytest.raises(MetricError, match="broken.pth"):
+        resolve_backends(fid_inception=home / "broken.pth")
