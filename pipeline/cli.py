@@ -59,6 +59,20 @@ def cmd_synth_bfm(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert_eg3d(args: argparse.Namespace) -> int:
+    from pipeline.eg3d_convert import UnsafePickleError, convert_eg3d
+
+    try:
+        weights, arch = convert_eg3d(Path(args.pkl), Path(args.out) if args.out else None)
+    except (UnsafePickleError, ValueError) as exc:
+        print(f"r3p assets convert-eg3d: error: {exc}", file=sys.stderr)
+        return 2
+    meta = json.loads(arch.read_text())
+    print(f"wrote {weights} ({meta['n_parameters']:,} values in {meta['n_tensors']} tensors) and {arch}; "
+          "nothing from the pickle was executed")
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     import time
 
@@ -200,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--size", default="bfm", help="'bfm' (35,709 vertices), 'small', or a vertex count")
     s.set_defaults(func=cmd_synth_bfm)
+    e = asub.add_parser("convert-eg3d", help="convert the official EG3D pickle to safetensors + JSON (safely)",
+                        description="Read the EG3D network snapshot (e.g. ffhqrebalanced512-128.pkl) with a "
+                                    "restricted unpickler that executes nothing from the file, check the generator "
+                                    "against r3p's plain-torch EG3D, and write OUT.safetensors + OUT.json.")
+    e.add_argument("pkl", metavar="FILE.pkl", help="the EG3D checkpoint")
+    e.add_argument("--out", help="output path without suffix (default: beside FILE.pkl, same stem)")
+    e.set_defaults(func=cmd_convert_eg3d)
 
     p = sub.add_parser("synth", parents=[cfgp], help="generate a synthetic talking-face corpus with ground truth",
                        description="Render a deterministic synthetic talking-face corpus (H.264 + AAC mp4 at "

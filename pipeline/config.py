@@ -164,6 +164,54 @@ class PreprocessConfig(_Section):
         return [e.lower() if e.startswith(".") else "." + e.lower() for e in v]
 
 
+class TriplaneConfig(_Section):
+    """The tri-plane volume renderer (paper: planes 3×32×256², 128² rays, 48 + 48 samples, box 1)."""
+
+    plane_channels: int = Field(32, ge=1, le=256, description="feature channels per plane")
+    plane_resolution: int = Field(256, ge=8, le=1024, description="plane side in texels")
+    render_resolution: int = Field(128, ge=4, le=1024, description="rays per image side")
+    samples_coarse: int = Field(48, ge=2, le=1024, description="stratified samples per ray")
+    samples_fine: int = Field(48, ge=0, le=1024, description="importance samples per ray")
+    box_warp: float = Field(1.0, gt=0.0, description="side of the rendered box [-b/2, b/2]³ (world units)")
+
+    def options(self):
+        """The renderer's RenderOptions (near/far from the box)."""
+        from preprocessing.triplane import RenderOptions
+
+        return RenderOptions(resolution=self.render_resolution, samples_coarse=self.samples_coarse,
+                             samples_fine=self.samples_fine, box_warp=self.box_warp)
+
+
+class MultiviewConfig(_Section):
+    """`r3p multiview`: teacher, sample counts, image sizes and the paper's camera distributions."""
+
+    teacher: Literal["morphable", "eg3d"] = Field("morphable", description="morphable (3DMM, any machine) or "
+                                                  "eg3d (needs the converted FFHQ checkpoint, `r3p assets`)")
+    samples: int = Field(1000, ge=1, description="heads sampled")
+    views: int = Field(2, ge=1, le=16, description="rendered views per head")
+    seed: int = Field(0, ge=0, description="sample i uses seed + i")
+    image_size: int = Field(512, ge=16, le=2048, description="morphable teacher image side (EG3D: its own, 512)")
+    raw_size: int = Field(128, ge=8, le=1024, description="antialiased downsample stored as the raw-resolution image")
+    truncation_psi: float = Field(0.7, ge=0.0, le=1.0, description="EG3D truncation ψ")
+    real_pose_fraction: float = Field(0.5, ge=0.0, le=1.0, description="chance a view takes a real frame's camera "
+                                      "when --poses is given")
+    cond_pitch_deg: float = Field(10.0, ge=0.0, le=89.0)
+    cond_yaw_deg: float = Field(16.0, ge=0.0, le=180.0)
+    cond_radius: tuple[float, float] = Field((2.7, 3.2), description="conditioning camera radius range")
+    view_pitch_deg: float = Field(26.0, ge=0.0, le=89.0)
+    view_yaw_deg: float = Field(38.0, ge=0.0, le=180.0)
+    view_radius: tuple[float, float] = Field((2.7, 4.0), description="rendered view radius range")
+    samples_per_shard: int = Field(64, ge=1, le=100_000)
+    num_gpus: float = Field(0.0, ge=0.0, description="GPUs per teacher actor (EG3D)")
+
+    def camera_distribution(self):
+        """The preprocessing CameraDistribution of these settings."""
+        from preprocessing.multiview import CameraDistribution
+
+        return CameraDistribution(self.cond_pitch_deg, self.cond_yaw_deg, tuple(self.cond_radius), self.view_pitch_deg,
+                                  self.view_yaw_deg, tuple(self.view_radius), self.real_pose_fraction)
+
+
 class R3PConfig(_Section):
     """The whole configuration."""
 
@@ -182,6 +230,8 @@ class R3PConfig(_Section):
     audio: AudioConfig = Field(default_factory=AudioConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    triplane: TriplaneConfig = Field(default_factory=TriplaneConfig)
+    multiview: MultiviewConfig = Field(default_factory=MultiviewConfig)
 
     @field_validator("assets")
     @classmethod
