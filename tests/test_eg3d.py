@@ -287,3 +287,18 @@ def test_the_head_turns_with_the_camera():
     assert torch.allclose(out["image_depth"][0], out["image_depth"][1].flip(-1), atol=1e-4)
     assert (left - right).abs().mean() > 1e-3
     assert out["image"].shape == (3, 3, cfg.img_resolution, cfg.img_resolution)
+
+
+def test_cli_convert_eg3d(tmp_path, capsys):
+    from pipeline.cli import main
+    gen = _randomised_tiny(1)
+    pkl = tmp_path / "ffhqrebalanced512-128.pkl"
+    write_stand_in(pkl, gen, tmp_path / "ran")
+    assert main(["assets", "convert-eg3d", str(pkl), "--out", str(tmp_path / "out" / "eg3d")]) == 0
+    assert "nothing from the pickle was executed" in capsys.readouterr().out
+    assert (tmp_path / "out" / "eg3d.safetensors").is_file() and (tmp_path / "out" / "eg3d.json").is_file()
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps({"G_ema": _Exec(tmp_path / "pwned")}, protocol=4))
+    assert main(["assets", "convert-eg3d", str(evil)]) == 2
+    assert "refusing to load global 'builtins.exec'" in capsys.readouterr().err
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "ran").exists()
