@@ -148,7 +148,7 @@ class _Probe(torch.nn.Module):
 def test_syncnet_embedder_windows_frames_and_mfcc_like_the_reference(tmp_path):
     import python_speech_features
 
-    net, state = syncnet_state()
+    _, state = syncnet_state()
     path = tmp_path / "syncnet_v2.model"
     torch.save(state, path)
     emb = SyncNetEmbedder(path)

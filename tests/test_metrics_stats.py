@@ -113,7 +113,7 @@ def test_fid_merge_of_worker_states_equals_single_pass_and_survives_pickle():
 def direct_kid(x, y):
     """Unbiased MMD² written out pair by pair."""
     m, d = x.shape
-    k = lambda a, b: (a @ b / d + 1.0) ** 3  # noqa: E731
+    k = lambda a, b: (a @ b / d + 1.0) ** 3
     xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
     yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
     xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / (m * m)

@@ -53,7 +53,7 @@ class Metric(ABC):
         return (type(self).__name__,)
 
     @abstractmethod
-    def _merge_state(self, other: "Metric") -> None:
+    def _merge_state(self, other: Metric) -> None:
         """Fold `other`'s state into this one (same spec checked already)."""
 
     @abstractmethod
@@ -108,7 +108,7 @@ class MeanMetric(Metric):
         self.total_sq += float((v * v).sum())
         self.n += int(v.size)
 
-    def _merge_state(self, other: "MeanMetric") -> None:
+    def _merge_state(self, other: MeanMetric) -> None:
         self.total += other.total
         self.total_sq += other.total_sq
         self.n += other.n

@@ -32,7 +32,7 @@ class CSIM(MeanMetric):
         super().__init__(name, model)
 
     @classmethod
-    def for_embedder(cls, embedder) -> "CSIM":
+    def for_embedder(cls, embedder) -> CSIM:
         """A CSIM named and labelled for the embedder that produces its inputs."""
         return cls(embedder.csim_name, embedder.model)
 

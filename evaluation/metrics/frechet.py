@@ -52,7 +52,7 @@ class FrechetDistance(Metric):
         self.fake = GaussianMoments(self.dim)
 
     @classmethod
-    def for_extractor(cls, extractor) -> "FrechetDistance":
+    def for_extractor(cls, extractor) -> FrechetDistance:
         """Named and labelled for its feature extractor (`FID` for Inception, `FID-dlib` for dlib)."""
         return cls(extractor.dim, extractor.fid_name, extractor.model)
 
@@ -66,7 +66,7 @@ class FrechetDistance(Metric):
         except ValueError as e:
             raise MetricError(f"{self.name}: {e}") from None
 
-    def _merge_state(self, other: "FrechetDistance") -> None:
+    def _merge_state(self, other: FrechetDistance) -> None:
         self.real.merge(other.real)
         self.fake.merge(other.fake)
 

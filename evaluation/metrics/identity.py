@@ -136,7 +136,7 @@ class DlibFaceEmbedder(_Embedder):
         x0, y0 = np.floor(lm.min(0)).astype(int)
         x1, y1 = np.ceil(lm.max(0)).astype(int)
         shape = dlib.full_object_detection(dlib.rectangle(int(x0), int(y0), int(x1), int(y1)),
-                                           dlib.points([dlib.point(int(round(x)), int(round(y))) for x, y in lm]))
+                                           dlib.points([dlib.point(round(x), round(y)) for x, y in lm]))
         e = np.asarray(self._net.compute_face_descriptor(image, shape, 0), dtype=np.float64)
         return e / max(np.linalg.norm(e), 1e-12)
 

@@ -50,7 +50,7 @@ class PSNR(MeanMetric):
         self.identical += int(np.sum(values >= self.max_db))
         self._add(values)
 
-    def _merge_state(self, other: "PSNR") -> None:
+    def _merge_state(self, other: PSNR) -> None:
         super()._merge_state(other)
         self.identical += other.identical
 

@@ -38,7 +38,7 @@ class KernelDistance(Metric):
         self.fake: list[np.ndarray] = []
 
     @classmethod
-    def for_extractor(cls, extractor, **kw) -> "KernelDistance":
+    def for_extractor(cls, extractor, **kw) -> KernelDistance:
         """Named and labelled for its feature extractor (`KID` for Inception, `KID-dlib` for dlib)."""
         return cls(extractor.dim, extractor.kid_name, extractor.model, **kw)
 
@@ -52,7 +52,7 @@ class KernelDistance(Metric):
             raise MetricError(f"{self.name}: features must have shape (N, {self.dim}), got {x.shape}")
         (self.real if real else self.fake).append(x.copy())
 
-    def _merge_state(self, other: "KernelDistance") -> None:
+    def _merge_state(self, other: KernelDistance) -> None:
         self.real.extend(other.real)
         self.fake.extend(other.fake)
 

@@ -85,7 +85,7 @@ class LipSync(Metric):
         self.n = 0
 
     @classmethod
-    def for_embedder(cls, embedder: SyncEmbedder, vshift: int = VSHIFT) -> "LipSync":
+    def for_embedder(cls, embedder: SyncEmbedder, vshift: int = VSHIFT) -> LipSync:
         """Named after the embedder (`LSE` for SyncNet v2, `Sync-lm` for the landmark SyncNet)."""
         return cls(embedder.prefix, embedder.model, vshift)
 
@@ -105,7 +105,7 @@ class LipSync(Metric):
         self.update_scores(scores)
         return scores
 
-    def _merge_state(self, other: "LipSync") -> None:
+    def _merge_state(self, other: LipSync) -> None:
         self.sum_dist += other.sum_dist
         self.sum_conf += other.sum_conf
         self.sum_abs_offset += other.sum_abs_offset

@@ -18,7 +18,7 @@ EPS = np.finfo(float).eps
 
 
 def _round_half_up(x: float) -> int:
-    return int(math.floor(x + 0.5))
+    return math.floor(x + 0.5)
 
 
 def hz_to_mel(hz):
@@ -50,7 +50,7 @@ def mel_filterbank(nfilt: int = 26, nfft: int = 512, sample_rate: int = 16000,
 def frame_signal(signal: np.ndarray, frame_len: int, frame_step: int) -> np.ndarray:
     """Overlapping frames (n, frame_len); the tail is zero-padded to a whole frame."""
     n = len(signal)
-    count = 1 if n <= frame_len else 1 + int(math.ceil((n - frame_len) / frame_step))
+    count = 1 if n <= frame_len else 1 + math.ceil((n - frame_len) / frame_step)
     padded = np.concatenate([signal, np.zeros((count - 1) * frame_step + frame_len - n)])
     idx = np.arange(frame_len)[None, :] + frame_step * np.arange(count)[:, None]
     return padded[idx]

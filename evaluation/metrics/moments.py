@@ -48,7 +48,7 @@ class GaussianMoments:
         xc = x - mean_b
         self._combine(len(x), mean_b, xc.T @ xc)
 
-    def merge(self, other: "GaussianMoments") -> None:
+    def merge(self, other: GaussianMoments) -> None:
         """Fold another state of the same dimension into this one."""
         if other.dim != self.dim:
             raise ValueError(f"cannot merge moments of dimension {other.dim} into {self.dim}")
