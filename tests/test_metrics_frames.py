@@ -95,3 +95,26 @@ def test_psnr_ssim_match_scikit_image_and_merge():
         PSNR(max_db=60).merge(PSNR())
     with pytest.raises(MetricError, match="RGB uint8"):
         p.update(gen.astype(np.float32), ref)
+
+
+@pytest.mark.parametrize("make, shape", [
+    (AED, (9, 64)), (APD, (9, 3)), (LMD, (9, 68, 2)), (SSIM, (9, 24, 24, 3)),
+])
+def test_worker_states_merge_to_the_single_pass(make, shape):
+    rng = np.random.default_rng(5)
+    if make is SSIM:
+        gen = rng.integers(0, 256, shape, dtype=np.uint8)
+        ref = np.clip(gen.astype(int) + rng.integers(-30, 31, shape), 0, 255).astype(np.uint8)
+    else:
+        gen, ref = rng.standard_normal(shape), rng.standard_normal(shape)
+    single = make()
+    single.update(gen, ref)
+    parts = []
+    for idx in np.array_split(np.arange(shape[0]), 3):
+        p = make()
+        p.update(gen[idx], ref[idx])
+        parts.append(p)
+    (name, a), = single.compute().items()
+    b = merge_all(parts).compute()[name]
+    assert b.value == pytest.approx(a.value, rel=1e-12) and b.count == a.count == shape[0]
+    assert b.details["std"] == pytest.approx(a.details["std"], rel=1e-9)
