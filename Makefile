@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/clip.py
 	$(BIN)/python benchmarks/preprocess.py
 	$(BIN)/python benchmarks/metrics.py
+	$(BIN)/python benchmarks/multiview.py
 
 clean-venv:
 	rm -rf $(VENV)
