@@ -191,3 +191,27 @@ def test_syncnet_loads_by_name_and_refuses_other_files(tmp_path):
     torch.save({"netcnnaud.0.weight": torch.zeros(64, 1, 5, 5)}, bad)
     with pytest.raises(MetricError, match="other.model.*shape mismatches"):
         load_syncnet(bad)
+
+
+def test_syncnet_crops_cut_the_reference_lower_face_region():
+    from evaluation.metrics.syncnet import syncnet_crops
+
+    h, w, t = 200, 220, 15
+    yy, xx = np.mgrid[0:h, 0:w]
+    frame = np.stack([xx, yy, np.full_like(xx, 7)], -1).astype(np.uint8)  # R = x, G = y
+    frames = np.repeat(frame[None], t, 0)
+    boxes = np.tile([70.0, 40.0, 130.0, 120.0], (t, 1))  # centre (100, 80), half-size 40
+    boxes[7] = [0.0, 0.0, 219.0, 199.0]  # one bad detection: removed by the 13-frame median
+    crops = syncnet_crops(frames, boxes)
+    assert crops.shape == (t, 224, 224, 3) and crops.dtype == np.uint8
+    np.testing.assert_array_equal(crops[7], crops[0])
+    # rows cy − s … cy + 1.8·s = 40 … 152, columns cx ± 1.4·s = 44 … 156, scaled to 224
+    c = crops[0].astype(int)
+    assert abs(c[0, 0, 0] - 44) <= 1 and abs(c[0, 0, 1] - 40) <= 1
+    assert abs(c[-1, -1, 0] - 155) <= 1 and abs(c[-1, -1, 1] - 151) <= 1
+    assert np.all(c[..., 2] == 7)
+    # near the border the frame is padded with grey 110
+    edge = syncnet_crops(frames[:1], np.array([[0.0, 150.0, 40.0, 199.0]]))[0]
+    assert np.all(edge[-1, :, 2] == 110) and np.all(edge[:, 0, 2] == 110)
+    with pytest.raises(MetricError, match="one \\(x0, y0, x1, y1\\) box per frame"):
+        syncnet_crops(frames, boxes[:3])

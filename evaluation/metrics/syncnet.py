@@ -79,6 +79,46 @@ def load_syncnet(path: str | Path) -> SyncNetV2:
     return net.eval()
 
 
+CROP_SCALE = 0.4
+BOX_MEDIAN = 13
+
+
+def syncnet_crops(frames: np.ndarray, boxes: np.ndarray, crop_scale: float = CROP_SCALE) -> np.ndarray:
+    """224² lower-biased face crops (T, 224, 224, 3) as syncnet_python's pipeline cuts them.
+
+    `frames` (T, H, W, 3) uint8, `boxes` (T, 4) face boxes (x0, y0, x1, y1) in pixels, one per frame
+    (the reference uses S3FD's full-face boxes). Half-size s = max(w, h)/2 and the centre are
+    median-filtered over 13 frames (scipy's medfilt, zero-padded ends, as the reference; a track shorter
+    than 13 frames, which the reference drops, uses the largest odd kernel that fits); the crop
+    spans rows cy − s … cy + s(1 + 2·crop_scale) and columns cx ± s(1 + crop_scale) of the frame
+    padded with grey 110, then is resized bilinearly to 224².
+    """
+    import cv2
+    from scipy.signal import medfilt
+
+    frames, boxes = np.asarray(frames), np.asarray(boxes, dtype=np.float64)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise MetricError(f"syncnet_crops needs RGB uint8 frames (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    if boxes.shape != (len(frames), 4):
+        raise MetricError(f"syncnet_crops needs one (x0, y0, x1, y1) box per frame: {boxes.shape} for {len(frames)} frames")
+    k = min(BOX_MEDIAN, len(boxes) - (len(boxes) + 1) % 2)  # shorter tracks: the largest odd kernel that fits
+    size = medfilt(np.maximum(boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]) / 2, k)
+    cy = medfilt((boxes[:, 1] + boxes[:, 3]) / 2, k)
+    cx = medfilt((boxes[:, 0] + boxes[:, 2]) / 2, k)
+    out = np.empty((len(frames), CROP, CROP, 3), np.uint8)
+    for i, frame in enumerate(frames):
+        bs = size[i]
+        if bs < 1:
+            raise MetricError(f"syncnet_crops: frame {i} has an empty face box {boxes[i].tolist()}")
+        pad = int(bs * (1 + 2 * crop_scale))
+        padded = np.pad(frame, ((pad, pad), (pad, pad), (0, 0)), constant_values=110)
+        my, mx = cy[i] + pad, cx[i] + pad
+        face = padded[int(my - bs):int(my + bs * (1 + 2 * crop_scale)),
+                      int(mx - bs * (1 + crop_scale)):int(mx + bs * (1 + crop_scale))]
+        out[i] = cv2.resize(face, (CROP, CROP))
+    return out
+
+
 def mfcc_windows(audio: np.ndarray, n_windows: int) -> np.ndarray:
     """SyncNet's audio inputs (n_windows, 1, 13, 20): MFCC columns 4k … 4k+19 for window k."""
     cc = mfcc(audio, SAMPLE_RATE).T  # (13, T)
