@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from preprocessing.face_model import FaceModelError
+    from preprocessing.face_model import FaceModelError  # importing preprocessing sets r3p's numba cache folder
     from preprocessing.landmarks.tracking import TrackingError
     from preprocessing.video import VideoError
 
@@ -287,10 +287,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, FaceModelError, FileNotFoundError, VideoError, TrackingError) as exc:
+    except (ConfigError, FaceModelError, FileNotFoundError, VideoError, TrackingError, SchemaVersionError) as exc:
         print(f"r3p {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
 
 if __name__ == "__main__":
     sys.exit(main())
+    from pipeline.shards import SchemaVersionError

@@ -79,6 +79,8 @@ class TrackingConfig(_Section):
     smooth_window: int = Field(15, ge=3, description="Savitzky-Golay window in frames (odd)")
     crop_scale: float = Field(3.0, gt=1.0, description="crop side / face width")
     crop_size: int = Field(512, ge=64, le=2048, description="aligned crop size in pixels")
+    min_face_px: float = Field(24.0, ge=0.0, description="refuse clips whose main face is narrower (landmark "
+                               "width, source pixels; reason face_too_small)")
 
 
 class FittingConfig(_Section):
@@ -147,6 +149,8 @@ class PreprocessConfig(_Section):
     max_retries: int = Field(2, ge=0, le=10, description="retries per clip for transient (non-input) errors")
     max_job_attempts: int = Field(3, ge=1, le=20, description="re-runs of the remaining clips after lost "
                                   "workers or nodes")
+    crash_limit: int = Field(8, ge=1, le=1000, description="until one clip has come back, stop an attempt after "
+                             "this many clips lost with their workers (a broken environment kills them all)")
     probe_threads: int = Field(4, ge=1, le=64, description="threads probing durations in the manifest step")
 
     @field_validator("test_fraction")
@@ -375,7 +379,7 @@ def geometry_params(cfg: R3PConfig):
         raise ConfigError(f"config key 'fitting.overlap' ({f.overlap}) must be smaller than fitting.window ({f.window})")
     try:
         tracking = TrackingParams(max_gap=t.max_gap, min_face_fraction=t.min_face_fraction, window=t.smooth_window,
-                                  crop_scale=t.crop_scale)
+                                  crop_scale=t.crop_scale, min_face_px=t.min_face_px)
     except ValueError as exc:
         raise ConfigError(f"config section 'tracking': {exc}") from None
     return GeometryParams(

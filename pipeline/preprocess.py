@@ -8,10 +8,14 @@
    compute=ActorPoolStrategy(size=n))` with num_cpus/num_gpus/memory per actor from config. The
    driver streams the results, assembles each shard as soon as all its clips are back and
    publishes it (temporaries, renames, stats file last), printing a line per shard.
-4. Lost work (a worker or node dying, an actor crashing on an input) never loses a row: Ray
-   retries tasks and restarts actors; blocks that still fail are tolerated by Ray Data
-   (`max_errored_blocks`), and the driver runs the clips that did not come back again, up to
-   `max_job_attempts` times; clips still missing then get failed rows saying so.
+4. Lost work (a worker or node dying, an actor crashing on an input) never loses a row: each actor
+   takes one clip at a time, Ray restarts dead actors, Ray Data tolerates the lost blocks, and the
+   driver runs the clips that did not come back again, each alone. A clip lost twice while others
+   come back is a crashing input (`WorkerCrash` row); when nothing comes back and every clip crashes
+   its worker, the environment is broken: the job stops with a diagnosis from the actors' crash
+   logs (faulthandler) and writes nothing for those clips, so a re-run after the fix does them.
+   Before any actor starts, the data path's numba functions are compiled in a child process into
+   r3p's own cache folder (`pipeline.jit_cache`), so a bad cache entry is found and wiped there.
 5. A summary JSON (counts by split/status, errors, frames/s, stage shares, peak memory per actor,
    bytes per minute of video) is written at the end and returned.
 """
@@ -22,6 +26,8 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 import warnings
 from collections import Counter, defaultdict
@@ -34,14 +40,14 @@ import pyarrow.compute as pc
 
 from pipeline import manifest as mf
 from pipeline import schema, shards, storage
-from pipeline.actor import DEFAULT_FACTORY, ClipOperator
+from pipeline.actor import DEFAULT_FACTORY, ClipOperator, read_crash_logs
 from pipeline.config import R3PConfig
 
 log = logging.getLogger(__name__)
 
 #: preprocess keys that only change how the job runs, not what it writes (left out of the config hash)
 EXECUTION_KEYS = ("actors", "actor_num_cpus", "actor_num_gpus", "actor_memory_gb", "batch_size", "max_retries",
-                  "max_job_attempts", "probe_threads")
+                  "max_job_attempts", "crash_limit", "probe_threads")
 
 
 class PreprocessConflict(RuntimeError):
@@ -110,6 +116,10 @@ def _select_version(fs, root: str, clips: list[mf.Clip], cfg_hash: str, cfg_data
         return shards.Layout(fs, root, vs[-1] + 1), True
     layout = shards.Layout(fs, root, vs[-1])
     run = shards.read_json(fs, layout.run_path)
+    try:
+        shards.check_schema_version(layout, run)
+    except shards.SchemaVersionError as exc:
+        raise PreprocessConflict(str(exc)) from None
     if run["config_hash"] == cfg_hash and run["input_fingerprint"] == fingerprint:
         return layout, False
     old = mf.clips_from_table(_read_manifest(layout))
@@ -185,16 +195,17 @@ def _actor_count(wanted: int, num_cpus: float, num_gpus: float, wait_s: float = 
 
 
 def _execute(rows: list[dict[str, Any]], cfg: R3PConfig, run: dict[str, Any], factory: str, n_actors: int,
-             in_flight: int = 2):
-    """Stream operator outputs (pyarrow tables) for manifest `rows` through Ray Data; `in_flight` clips
-    queued per actor (1 isolates an input that crashes its worker from the clips queued behind it)."""
+             max_errored: int = -1, crash_dir: str | None = None):
+    """Stream operator outputs (pyarrow tables) for manifest `rows` through Ray Data. One clip at a time
+    per actor, so a clip lost with its worker is the one that worker was processing; `max_errored`
+    lost clips (-1: any number) before Ray Data gives up on the attempt."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
     p = cfg.preprocess
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
-    ctx.max_errored_blocks = -1  # a block that fails for good is re-run (or reported) by the driver
+    ctx.max_errored_blocks = max_errored  # blocks that fail for good are re-run (or reported) by the driver
     ctx.execution_options.preserve_order = False
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     # A dead actor is restarted when resources allow, but its in-flight clips fail at once (no Ray-level task
@@ -212,9 +223,10 @@ def _execute(rows: list[dict[str, Any]], cfg: R3PConfig, run: dict[str, Any], fa
         out = ds.map_batches(
             ClipOperator,
             fn_constructor_kwargs={"cfg_json": cfg.model_dump_json(), "run": run, "factory": factory,
-                                   "threads": max(1, int(p.actor_num_cpus)), "max_retries": p.max_retries},
+                                   "threads": max(1, int(p.actor_num_cpus)), "max_retries": p.max_retries,
+                                   "crash_dir": crash_dir},
             batch_size=p.batch_size, batch_format="pyarrow", zero_copy_batch=True,
-            compute=ActorPoolStrategy(size=n_actors, max_tasks_in_flight_per_actor=in_flight), **remote_args)
+            compute=ActorPoolStrategy(size=n_actors, max_tasks_in_flight_per_actor=1), **remote_args)
     for batch in out.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
         yield batch
 
@@ -331,9 +343,17 @@ def run_preprocess(input_location: str, output_location: str, cfg: R3PConfig, *,
     published_now = 0
     workers: dict[str, float] = {}
     if todo and factory == DEFAULT_FACTORY:
+        from pipeline import jit_cache
         from pipeline.process import process_params
 
         process_params(cfg)  # config errors (e.g. audio.hubert=on without the model) before any actor starts
+        try:
+            warm = jit_cache.check_and_warm()
+        except jit_cache.JitCacheError as exc:
+            raise PreprocessError(str(exc)) from None
+        if warm["wiped"]:
+            say(f"the JIT cache {warm['folder']} made a test process crash ({warm['first_failure'][:200]}); "
+                "it was wiped and rebuilt")
     if todo:
         started_ray = ensure_ray(address, num_cpus)
         try:
@@ -353,54 +373,119 @@ def run_preprocess(input_location: str, output_location: str, cfg: R3PConfig, *,
 def _process(todo: list[mf.Clip], pending: dict[str, _Shard], cfg: R3PConfig, run: dict[str, Any],
              layout: shards.Layout, factory: str, retried: bool, workers: dict[str, float], say,
              n_shards: int, skipped_shards: int) -> int:
+    """Run the clips through the actors, publishing shards as they complete; returns shards published.
+
+    Lost clips (their worker or node died) are run again, each alone on its actor. A clip lost twice
+    while others come back is the cause (a crashing input): it gets a `WorkerCrash` row. When no clip
+    comes back at all and every clip tried crashed its worker twice — the environment, not the inputs —
+    the job stops with a diagnosis from the workers' crash logs and writes nothing for those clips, so
+    the same command processes them once the environment is fixed."""
     p = cfg.preprocess
     remaining = {c.clip_id: c for c in todo}
+    lost_count: Counter[str] = Counter()
     published_now = 0
+    any_back = False
     last_error = None
-    for attempt in range(1, p.max_job_attempts + 1):
-        if not remaining:
-            break
-        rows = [asdict(c) for c in sorted(remaining.values(), key=lambda c: (c.shard_id, c.rel_path, c.start_s))]
-        n_actors = _actor_count(min(p.actors, len(rows)), p.actor_num_cpus, p.actor_num_gpus)
-        if attempt > 1:
-            say(f"attempt {attempt}/{p.max_job_attempts}: {len(rows)} clip(s) did not come back "
-                f"({last_error or 'lost with a worker'}); running them again on {n_actors} actor(s)")
-        try:
-            for batch in _execute(rows, cfg, run, factory, n_actors, in_flight=2 if attempt == 1 else 1):
-                for out in batch.to_pylist():
-                    cid = out["clip_id"]
-                    if cid not in remaining:
-                        continue  # a duplicate from a retried task
-                    del remaining[cid]
-                    workers[out["worker"]] = max(workers.get(out["worker"], 0.0), out["peak_rss_mb"] or 0.0)
-                    sh = pending[out["shard_id"]]
-                    sh.add(cid, schema.from_ipc(out["clips_ipc"]), schema.from_ipc(out["frames_ipc"]),
-                           {"worker": out["worker"], "peak_rss_mb": out["peak_rss_mb"]})
-                    if sh.complete:
-                        published_now += 1
-                        _publish(sh, layout, run, retried, say, skipped_shards + published_now, n_shards)
-                        del pending[sh.shard_id]
-            last_error = None
-        except Exception as exc:  # noqa: BLE001 - lost workers/nodes: re-run what did not come back
-            last_error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-            log.warning("preprocess attempt %d failed: %s", attempt, last_error)
-    if remaining and last_error and len(remaining) == len(todo):
-        raise PreprocessError(f"no clip came back from the actors in {p.max_job_attempts} attempt(s): {last_error}; "
-                              "nothing was published (check the config, the models and the worker logs)")
-    if remaining:  # still missing after every attempt: failed rows, never silently dropped
+    crash_dir = tempfile.mkdtemp(prefix="r3p-crashes-")
+
+    def add(cid: str, clips: pa.Table, frames: pa.Table, info: dict[str, Any]) -> None:
+        nonlocal published_now
+        sh = pending[remaining.pop(cid).shard_id]
+        sh.add(cid, clips, frames, info)
+        if sh.complete:
+            published_now += 1
+            _publish(sh, layout, run, retried, say, skipped_shards + published_now, n_shards)
+            del pending[sh.shard_id]
+
+    try:
+        for attempt in range(1, p.max_job_attempts + 1):
+            if not remaining:
+                break
+            rows = [asdict(c) for c in sorted(remaining.values(), key=lambda c: (c.shard_id, c.rel_path, c.start_s))]
+            n_actors = _actor_count(min(p.actors, len(rows)), p.actor_num_cpus, p.actor_num_gpus)
+            if attempt > 1:
+                say(f"attempt {attempt}/{p.max_job_attempts}: {len(rows)} clip(s) did not come back "
+                    f"({last_error or 'lost with a worker'}); running them again, one per actor, on {n_actors} "
+                    "actor(s)")
+            sent = set(remaining)
+            try:
+                # until a clip has come back, give up after `crash_limit` lost clips: a broken environment
+                # kills every worker and should not cost one actor restart per clip of the corpus
+                for batch in _execute(rows, cfg, run, factory, n_actors, -1 if any_back else p.crash_limit,
+                                      crash_dir):
+                    for out in batch.to_pylist():
+                        cid = out["clip_id"]
+                        if cid not in remaining:
+                            continue  # a duplicate from a retried task
+                        any_back = True
+                        workers[out["worker"]] = max(workers.get(out["worker"], 0.0), out["peak_rss_mb"] or 0.0)
+                        add(cid, schema.from_ipc(out["clips_ipc"]), schema.from_ipc(out["frames_ipc"]),
+                            {"worker": out["worker"], "peak_rss_mb": out["peak_rss_mb"]})
+                last_error = None
+            except Exception as exc:  # noqa: BLE001 - lost workers/nodes: re-run what did not come back
+                last_error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+                log.warning("preprocess attempt %d failed: %s", attempt, last_error)
+            lost = sent & set(remaining)  # crashed, on a lost node, or never started in an attempt given up
+            lost_count.update(lost)
+            crash_list = read_crash_logs(crash_dir)
+            crashes = {c["clip_id"]: c for c in crash_list}
+            alone = len(todo) == 1 and crashes  # one input that crashes: the input, not the environment
+            if not any_back and lost and attempt >= min(2, p.max_job_attempts) and not alone:
+                raise PreprocessError(_diagnose(lost, crash_list, last_error, attempt))
+            if any_back or alone:
+                for cid in sorted(c for c in lost if lost_count[c] >= 2):
+                    c = remaining[cid]
+                    add(cid, schema.failed_row(asdict(c), _crash_text(lost_count[cid], crashes.get(cid)), run,
+                                               attempts=lost_count[cid], error_type="WorkerCrash",
+                                               reason=schema.REASON_WORKER_CRASH),
+                        schema.empty_frames(), {})
+        # still missing after every attempt (lost once, at the last one): failed rows, never silently dropped
         why = last_error or "the worker process died while processing it (e.g. a crash in a decoder)"
-        for cid, c in list(remaining.items()):
-            sh = pending[c.shard_id]
-            row = schema.failed_row(asdict(c), f"WorkerLost: no result after {p.max_job_attempts} attempt(s): {why}; "
-                                    "run with --retry-failed, or check the worker logs for this input", run,
-                                    attempts=p.max_job_attempts, error_type="WorkerLost")
-            sh.add(cid, row, schema.empty_frames(), {})
-            del remaining[cid]
-            if sh.complete:
-                published_now += 1
-                _publish(sh, layout, run, retried, say, skipped_shards + published_now, n_shards)
-                del pending[sh.shard_id]
+        for cid in sorted(remaining):
+            c = remaining[cid]
+            add(cid, schema.failed_row(asdict(c), f"WorkerLost: no result after {p.max_job_attempts} attempt(s): "
+                                       f"{why}; run with --retry-failed, or check the worker logs for this input",
+                                       run, attempts=p.max_job_attempts, error_type="WorkerLost", reason="worker_lost"),
+                schema.empty_frames(), {})
+    finally:
+        shutil.rmtree(crash_dir, ignore_errors=True)
     return published_now
+
+
+def _crash_text(times: int, crash: dict[str, Any] | None) -> str:
+    where = (f": {crash['fatal']} in {crash['stage'] or crash['innermost']}"
+             + (f" (innermost frame {crash['innermost']})" if crash["stage"] and crash["innermost"] else "")
+             if crash else "")
+    return (f"WorkerCrash: the worker process died while processing this clip alone, {times} times{where}, while "
+            "other clips came through: the input makes the processor crash (e.g. a decoder fault). Check or "
+            "re-encode the file; `r3p preprocess … --retry-failed` runs it again")
+
+
+def _diagnose(lost: set[str], crash_list: list[dict[str, Any]], last_error: str | None, attempts: int) -> str:
+    from pipeline import jit_cache
+
+    crashed = {c["clip_id"] for c in crash_list}
+    what = (f"{len(crash_list)} worker crash(es) on {len(crashed)} clip(s)" if crash_list
+            else f"{len(lost)} clip(s) lost with their workers")
+    head = (f"no clip came back from the actors in {attempts} attempt(s), each clip run alone ({what}): that is the "
+            "environment (models, libraries, JIT cache, memory), not the inputs. Nothing was written for these "
+            "clips, so the same command processes them after the fix.")
+    if crash_list:
+        kinds = Counter((c["fatal"], c["stage"] or c["innermost"]) for c in crash_list)
+        (fatal, stage), k = kinds.most_common(1)[0]
+        sample = next(c for c in crash_list if (c["fatal"], c["stage"] or c["innermost"]) == (fatal, stage))
+        stack = " <- ".join(sample["stack"][:6])
+        hint = ("The crash is in JIT-compiled code: delete r3p's numba cache "
+                f"`rm -rf {jit_cache.cache_dir()}` (and any `__pycache__/*.nbi/*.nbc` of that package), then re-run."
+                if any(w in stack for w in ("numba", "librosa", "raster")) else
+                "Reinstall the package in the stack (e.g. `make clean-venv`), or run the stage on one clip in a "
+                "plain Python process to reproduce it.")
+        return (f"{head} Workers died with '{fatal}' in {stage} ({k} of {len(crash_list)} crashes; stack, innermost "
+                f"first: {stack}). {hint}")
+    tail = f" Last error: {last_error}." if last_error else ""
+    return (f"{head}{tail} The workers left no crash report here (a remote node, or a failure before the first "
+            "clip, e.g. the models could not be loaded): check the worker logs (`ray logs`, or "
+            "/tmp/ray/session_latest/logs on each node), the config and the models.")
 
 
 def _publish(sh: _Shard, layout: shards.Layout, run: dict[str, Any], retried: bool, say, k: int, n: int) -> None:

@@ -5,7 +5,7 @@ as x0, y0, x1, y1, … in crop pixels); encoded bytes for images (JPEG photograp
 coordinate codes); audio features per clip as lists with 2 rows per frame (50 Hz). Every clip
 has a row whatever happened to it: `status` ok | failed | skipped, and for failures `error` (one
 line: exception type, what failed, what to do), `error_type` and `error_reason` (VideoError's
-reason code). Failed clips have no frame rows; their fixed-size list columns (crop_box, id_coeff) are
+reason code, or one derived from the exception type: see `error_reason`). Failed clips have no frame rows; their fixed-size list columns (crop_box, id_coeff) are
 NaN-filled rather than null, because pyarrow cannot read a null fixed-size list back from Parquet. Arrow metadata on both schemas carries
 `r3p.schema_version` and the table name.
 
@@ -22,7 +22,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: what each older schema version lacks or meant differently (said to users who meet one)
+SCHEMA_CHANGES = {
+    1: "its eg3d_cam column holds the renormalised camera (centre rescaled to radius 2.7), not the reference "
+       "training form the models expect, and failed tracking rows have no error_reason",
+}
 STATUS_OK, STATUS_FAILED, STATUS_SKIPPED = "ok", "failed", "skipped"
 STATUSES = (STATUS_OK, STATUS_FAILED, STATUS_SKIPPED)
 N_LANDMARKS = 68
@@ -131,17 +136,42 @@ def _null_of(t: pa.DataType) -> pa.Array:
     return pa.nulls(1, t)
 
 
+#: error_reason for exceptions that carry no `reason` of their own, by type (the first entry the exception is an instance of)
+FALLBACK_REASONS = (
+    ("FaceModelError", "face_model"), ("IsADirectoryError", "not_a_file"), ("FileNotFoundError", "not_found"),
+    ("PermissionError", "permission_denied"), ("TimeoutError", "timeout"), ("MemoryError", "out_of_memory"),
+    ("ValueError", "invalid_input"), ("OSError", "io_error"),
+)
+#: error_reason of a clip whose worker process died while processing it (alone, so the input is the cause)
+REASON_WORKER_CRASH = "worker_crash"
+
+
+def error_reason(error: BaseException) -> str:
+    """Machine-readable failure reason: the exception's own `reason` (VideoError, TrackingError,
+    SegmentationError), else one by type (`FALLBACK_REASONS`), else `internal_error`."""
+    reason = getattr(error, "reason", None)
+    if reason:
+        return str(reason)
+    names = [k.__name__ for k in type(error).__mro__]
+    for name, code in FALLBACK_REASONS:
+        if name in names:
+            return code
+    return "internal_error"
+
+
 def failed_row(clip: dict[str, Any], error: BaseException | str, run: dict[str, Any], attempts: int = 1,
-               seconds: float = 0.0, status: str = STATUS_FAILED, error_type: str | None = None) -> pa.Table:
-    """One-row clips table for a clip that produced no record, with an actionable one-line error."""
+               seconds: float = 0.0, status: str = STATUS_FAILED, error_type: str | None = None,
+               reason: str | None = None) -> pa.Table:
+    """One-row clips table for a clip that produced no record, with an actionable one-line error and a
+    machine-readable `error_reason` (always set: from the exception, or `reason` for a text)."""
     if isinstance(error, BaseException):
-        etype, reason = type(error).__name__, getattr(error, "reason", None)
+        etype, reason = type(error).__name__, error_reason(error)
         text = f"{etype}: {error}"
     else:
-        etype, reason, text = error_type, None, str(error)
+        etype, reason, text = error_type, reason or "internal_error", str(error)
     text = " ".join(text.split())[:1000]
     values = {**_ids(clip), "status": status, "error": text, "error_type": etype,
-              "error_reason": None if reason is None else str(reason), "attempts": attempts,
+              "error_reason": reason, "attempts": attempts,
               "timings": [], "seconds": float(seconds), **_run_columns(run)}
     cols = [pa.array([values.get(f.name)], f.type) if f.name in values else _null_of(f.type) for f in CLIPS_SCHEMA]
     return pa.Table.from_arrays(cols, schema=CLIPS_SCHEMA)

@@ -29,7 +29,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline import storage
-from pipeline.schema import BINARY_COLUMNS, CLIPS_SCHEMA, FRAMES_SCHEMA, conform
+from pipeline.schema import BINARY_COLUMNS, CLIPS_SCHEMA, FRAMES_SCHEMA, SCHEMA_CHANGES, SCHEMA_VERSION, conform
 
 VERSION_RE = re.compile(r"^v(\d{3,})$")
 FRAME_ROW_GROUP = 256
@@ -83,18 +83,40 @@ def versions(fs: pafs.FileSystem, root: str) -> list[int]:
     return sorted(out)
 
 
-def open_dataset(location: str) -> Layout:
-    """The Layout of OUTPUT (its latest version) or of a version folder OUTPUT/vNNN."""
+class SchemaVersionError(ValueError):
+    """A dataset version written with a schema version this code does not read."""
+
+
+def check_schema_version(layout: Layout, run: dict[str, Any] | None = None) -> dict[str, Any]:
+    """run.json of `layout`, after checking it was written with this code's SCHEMA_VERSION."""
+    run = run if run is not None else read_json(layout.fs, layout.run_path)
+    found = run.get("schema_version")
+    if found != SCHEMA_VERSION:
+        why = SCHEMA_CHANGES.get(found, "")
+        raise SchemaVersionError(
+            f"{layout.uri} was written with dataset schema version {found}; this r3p reads version {SCHEMA_VERSION}"
+            + (f" ({why})" if why else "") + f". Make a version-{SCHEMA_VERSION} dataset: re-run `r3p preprocess "
+            f"INPUT {layout.root} --force` (writes v{layout.version + 1:03d} beside it)")
+    return run
+
+
+def open_dataset(location: str, check_schema: bool = True) -> Layout:
+    """The Layout of OUTPUT (its latest version) or of a version folder OUTPUT/vNNN; with `check_schema`,
+    a version written with another schema version raises SchemaVersionError saying how to get a current one."""
     fs, path = storage.resolve(location)
     path = path.rstrip("/")
     m = VERSION_RE.match(posixpath.basename(path))
     if m and storage.exists(fs, storage.join(path, "run.json")):
-        return Layout(fs, posixpath.dirname(path), int(m.group(1)))
-    vs = versions(fs, path)
-    if not vs:
-        raise FileNotFoundError(f"{location} holds no r3p dataset (no vNNN/run.json); run `r3p preprocess INPUT "
-                                f"{location}` first")
-    return Layout(fs, path, vs[-1])
+        layout = Layout(fs, posixpath.dirname(path), int(m.group(1)))
+    else:
+        vs = versions(fs, path)
+        if not vs:
+            raise FileNotFoundError(f"{location} holds no r3p dataset (no vNNN/run.json); run `r3p preprocess INPUT "
+                                    f"{location}` first")
+        layout = Layout(fs, path, vs[-1])
+    if check_schema:
+        check_schema_version(layout)
+    return layout
 
 
 def read_json(fs: pafs.FileSystem, path: str) -> dict[str, Any]:

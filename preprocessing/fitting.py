@@ -62,7 +62,8 @@ from preprocessing.face_model import INNER_LIP, LEFT_EYE, OUTER_LIP, RIGHT_EYE, 
 EYES = tuple(RIGHT_EYE) + tuple(LEFT_EYE)
 LIPS = tuple(OUTER_LIP) + tuple(INNER_LIP)
 N_EXP, N_ID, N_Q = 64, 80, 70  # per-frame unknowns q = [exp 64, euler 3, trans 3]
-EG3D_RADIUS = 2.7
+EG3D_SCALE = 0.27  # Deep3D units (decimetres) -> EG3D world units
+EG3D_OFFSET = np.array([0.0, 0.006, 0.161])  # EG3D's head centre in its world
 EG3D_FOCAL = 4.2647
 # Deep3D camera orientation in OpenCV convention (columns: camera x right, y down, z forward) in world
 DEEP3D_CAM_ROT = np.diag([1.0, -1.0, -1.0])
@@ -150,23 +151,26 @@ class FitResult:
 # ============================================================================================
 
 def eg3d_camera(euler: np.ndarray, trans: np.ndarray) -> np.ndarray:
-    """(T, 25) EG3D cameras equivalent to the head poses: cam2world (4×4 row-major) + intrinsics.
+    """(T, 25) EG3D cameras of the head poses in the reference *training* form: cam2world (4×4
+    row-major, EG3D world units) + normalised intrinsics (fx = fy = 4.2647, cx = cy = 0.5).
 
-    The head posed as R·p + t seen by the Deep3D camera (centre c = (0, 0, 10), orientation
-    C0 = diag(1, −1, −1) in OpenCV axes: x right, y down, z forward) is the static head seen by a
-    camera with cam2world rotation Rᵀ·C0 and centre Rᵀ·(c − t), the centre rescaled to radius 2.7.
-    Neutral pose gives EG3D's frontal camera: position (0, 0, 2.7), rotation diag(1, −1, −1).
+    This is the form the released Real3D-Portrait models (and the tri-plane renderer) were trained
+    with. With Rd = (Rz·Ry·Rx)ᵀ (Deep3DFaceRecon's row-vector rotation) and t' = trans − (0, 0, 10):
+    centre c = 0.27·(−Rd·t') + (0, 0.006, 0.161), rotation Rd·diag(1, −1, −1), not renormalised
+    (the radius is about 2.7 only because of the 0.27 scale). Geometrically: the head posed as R·p + t
+    seen by the Deep3D camera at (0, 0, 10) equals the static head seen by a camera with rotation
+    Rᵀ·diag(1, −1, −1) and centre Rᵀ·((0, 0, 10) − t), scaled by 0.27 and offset to EG3D's head
+    centre. Neutral pose: centre (0, 0.006, 2.861), rotation diag(1, −1, −1).
     """
     euler = np.asarray(euler, dtype=np.float64).reshape(-1, 3)
     trans = np.asarray(trans, dtype=np.float64).reshape(-1, 3)
-    rot = rotation_matrix(torch.as_tensor(euler)).numpy()  # (T, 3, 3)
-    rt = np.transpose(rot, (0, 2, 1))
-    centre = np.array([0.0, 0.0, CAMERA_DISTANCE])
-    pos = np.einsum("tij,tj->ti", rt, centre[None] - trans)
-    pos = EG3D_RADIUS * pos / np.linalg.norm(pos, axis=1, keepdims=True)
+    rot = rotation_matrix(torch.as_tensor(euler)).numpy()  # (T, 3, 3) column-vector R = Rz·Ry·Rx
+    rd = np.transpose(rot, (0, 2, 1))  # Deep3DFaceRecon's form
+    t_prime = trans - np.array([0.0, 0.0, CAMERA_DISTANCE])
+    centre = EG3D_SCALE * -np.einsum("tij,tj->ti", rd, t_prime) + EG3D_OFFSET
     c2w = np.zeros((len(euler), 4, 4))
-    c2w[:, :3, :3] = rt @ DEEP3D_CAM_ROT
-    c2w[:, :3, 3] = pos
+    c2w[:, :3, :3] = rd @ DEEP3D_CAM_ROT
+    c2w[:, :3, 3] = centre
     c2w[:, 3, 3] = 1.0
     k = np.array([EG3D_FOCAL, 0.0, 0.5, 0.0, EG3D_FOCAL, 0.5, 0.0, 0.0, 1.0])
     return np.concatenate([c2w.reshape(-1, 16), np.broadcast_to(k, (len(euler), 9))], axis=1).astype(np.float32)

@@ -73,7 +73,7 @@ class FakeProcessor:
         from preprocessing.video import load_clip
 
         if os.environ.get("R3P_FAKE_CRASH") and Path(path).name == os.environ["R3P_FAKE_CRASH"]:
-            os._exit(3)  # a native crash in a decoder, as far as Ray can tell
+            segfault()  # a native crash in a decoder
         clip = load_clip(path, self.limits, start_s=start_s, end_s=end_s)
         seed = int(hashlib.sha1(f"{Path(path).name}|{start_s}".encode()).hexdigest()[:8], 16)
         return make_record(str(path), n_frames=min(clip.n_frames, 8), seed=seed, audio=clip.audio is not None,
@@ -82,3 +82,57 @@ class FakeProcessor:
 
 def make_fake_processor(cfg) -> FakeProcessor:
     return FakeProcessor(cfg)
+
+
+def segfault() -> None:
+    """Crash this process the way a bug in native code does: SIGSEGV (a read of address 0)."""
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+def fake_audio_stage() -> None:
+    """Stands for a processing stage that crashes in native code (as librosa's JIT'd YIN did)."""
+    segfault()
+
+
+class SegfaultingProcessor(FakeProcessor):
+    """A processor whose every clip crashes its worker (a broken environment)."""
+
+    def __call__(self, path, start_s: float = 0.0, end_s: float | None = None) -> ClipRecord:
+        fake_audio_stage()
+        raise AssertionError("unreachable")
+
+
+def make_segfaulting_processor(cfg) -> SegfaultingProcessor:
+    return SegfaultingProcessor(cfg)
+
+
+class MarkingProcessor:
+    """The real processor, plus marker files for tests that must act while a clip is in flight.
+
+    In `$R3P_TEST_MARKS`: `start-<node id>-<clip name>` when a clip starts; while a file
+    `hold-<node id>` exists, clips on that node wait (up to 10 minutes) before processing, so a test
+    can kill that node with a clip certainly unfinished."""
+
+    def __init__(self, cfg) -> None:
+        from pipeline.process import make_processor
+
+        self.inner = make_processor(cfg)
+
+    def __call__(self, path, start_s: float = 0.0, end_s: float | None = None) -> ClipRecord:
+        import time
+
+        import ray
+
+        marks = Path(os.environ["R3P_TEST_MARKS"])
+        node = ray.get_runtime_context().get_node_id()
+        (marks / f"start-{node}-{Path(path).stem}").touch()
+        deadline = time.monotonic() + 600
+        while (marks / f"hold-{node}").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return self.inner(path, start_s, end_s)
+
+
+def make_marking_processor(cfg) -> MarkingProcessor:
+    return MarkingProcessor(cfg)

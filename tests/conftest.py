@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import preprocessing  # noqa: F401  (first: numba compiles into r3p's cache folder, never into site-packages)
+
 
 def grid_model_arrays(n: int = 10, seed: int = 0) -> dict[str, np.ndarray]:
     """An n×n planar grid in z = 0 (x, y in [-1, 1]) as BFM_model_front arrays (1-based indices).

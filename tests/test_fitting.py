@@ -169,13 +169,43 @@ def test_reference_adam_schedule_keeps_window_results(face, clip):
 # EG3D camera
 
 
-def test_eg3d_neutral_pose_is_frontal_camera():
+def _reference_training_camera(pitch: float, yaw: float, roll: float, trans) -> np.ndarray:
+    """The reference training-form EG3D camera written out from its formula, independently of the code:
+    Rd = (Rz·Ry·Rx)ᵀ, t' = trans − (0, 0, 10), c = 0.27·(−Rd·t') + (0, 0.006, 0.161), rot = Rd·diag(1, −1, −1)."""
+    cx, sx, cy, sy, cz, sz = (math.cos(pitch), math.sin(pitch), math.cos(yaw), math.sin(yaw), math.cos(roll),
+                              math.sin(roll))
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    rd = (rz @ ry @ rx).T
+    t = np.asarray(trans, float) - [0.0, 0.0, 10.0]
+    c2w = np.eye(4)
+    c2w[:3, :3] = rd @ np.diag([1.0, -1.0, -1.0])
+    c2w[:3, 3] = 0.27 * -(rd @ t) + [0.0, 0.006, 0.161]
+    return c2w
+
+
+def test_eg3d_neutral_pose_is_the_reference_frontal_camera():
     cam = eg3d_camera(np.zeros((1, 3)), np.zeros((1, 3)))[0]
     c2w = cam[:16].reshape(4, 4)
-    assert np.allclose(c2w[:3, 3], [0, 0, 2.7], atol=1e-6)
+    assert np.allclose(c2w[:3, 3], [0, 0.006, 2.861], atol=1e-6)
     assert np.allclose(c2w[:3, :3], np.diag([1.0, -1.0, -1.0]), atol=1e-6)  # x right, y down, z to origin
     assert np.allclose(c2w[3], [0, 0, 0, 1])
     assert np.allclose(cam[16:], [4.2647, 0, 0.5, 0, 4.2647, 0.5, 0, 0, 1], atol=1e-6)
+
+
+@pytest.mark.parametrize("pose", [
+    (0.0, 0.0, 0.0, (0.0, 0.0, 0.0)),
+    (0.0, 0.26, 0.0, (0.0, 0.0, 0.0)),  # 15° yaw
+    (-0.26, 0.0, 0.0, (0.0, 0.0, 0.0)),  # 15° pitch
+    (0.0, 0.0, 0.2, (0.0, 0.0, 0.0)),
+    (0.1, -0.25, 0.05, (0.12, -0.2, 0.3)),
+    (-0.2, 0.3, -0.1, (-0.3, 0.25, -0.4)),
+])
+def test_eg3d_camera_matches_reference_training_form(pose):
+    pitch, yaw, roll, trans = pose
+    got = eg3d_camera(np.array([[pitch, yaw, roll]]), np.array([trans]))[0, :16].reshape(4, 4).astype(np.float64)
+    assert np.allclose(got, _reference_training_camera(pitch, yaw, roll, trans), atol=1e-6)
 
 
 def test_eg3d_rotation_orthonormal_and_radius():
@@ -186,15 +216,17 @@ def test_eg3d_rotation_orthonormal_and_radius():
     rot = c2w[:, :3, :3]
     assert np.allclose(rot @ np.transpose(rot, (0, 2, 1)), np.eye(3), atol=1e-5)
     assert np.allclose(np.linalg.det(rot), 1.0, atol=1e-5)
-    assert np.allclose(np.linalg.norm(c2w[:, :3, 3], axis=1), 2.7, atol=1e-5)
-    # with no translation the camera looks exactly at the origin
+    # with no translation the camera sits at 0.27 × 10 from the offset head centre, looking at it
     c0 = eg3d_camera(euler, np.zeros_like(trans))[:, :16].reshape(-1, 4, 4).astype(np.float64)
-    assert np.allclose(c0[:, :3, 2], -c0[:, :3, 3] / 2.7, atol=1e-5)
+    off = c0[:, :3, 3] - [0.0, 0.006, 0.161]
+    assert np.allclose(np.linalg.norm(off, axis=1), 2.7, atol=1e-5)
+    assert np.allclose(c0[:, :3, 2], -off / 2.7, atol=1e-5)
 
 
 def test_eg3d_yaw_moves_camera_the_other_way():
     for yaw in (0.3, -0.3):
         pos = eg3d_camera(np.array([[0.0, yaw, 0.0]]), np.zeros((1, 3)))[0, :16].reshape(4, 4)[:3, 3]
+        pos = pos - np.array([0.0, 0.006, 0.161])  # about the EG3D head centre
         assert pos[1] == pytest.approx(0.0, abs=1e-6)
         # head turns by +yaw about y (its nose toward +x for yaw > 0): camera goes round by -yaw
         assert math.atan2(pos[0], pos[2]) == pytest.approx(-yaw, abs=1e-5)
@@ -203,7 +235,7 @@ def test_eg3d_yaw_moves_camera_the_other_way():
 
 
 def test_eg3d_camera_sees_the_head_as_the_deep3d_camera():
-    """Static head + moving camera == moving head + fixed camera (before the radius rescale)."""
+    """Static head + moving camera == moving head + fixed camera (before the 0.27 scale and offset)."""
     rng = np.random.default_rng(1)
     euler, trans = rng.uniform(-0.5, 0.5, (1, 3)), rng.uniform(-0.3, 0.3, (1, 3))
     c2w = eg3d_camera(euler, trans)[0, :16].reshape(4, 4).astype(np.float64)
@@ -213,4 +245,4 @@ def test_eg3d_camera_sees_the_head_as_the_deep3d_camera():
     centre = r.T @ ([0, 0, 10] - trans[0])
     eg = ((p - centre) @ c2w[:3, :3])  # world -> camera with the EG3D rotation, unscaled centre
     assert np.allclose(eg, d3d, atol=1e-5)
-    assert np.allclose(c2w[:3, 3], 2.7 * centre / np.linalg.norm(centre), atol=1e-5)
+    assert np.allclose(c2w[:3, 3], 0.27 * centre + [0.0, 0.006, 0.161], atol=1e-5)

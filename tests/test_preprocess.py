@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -120,7 +121,7 @@ def test_bad_inputs_mixed_with_good(ray_address, corpus, reference, tmp_path, ca
     assert summary["complete"] and summary["ok"] + summary["failed"] == 12
     expect = {"bad/empty.mp4": ("VideoError", "empty_file"), "bad/truncated.mp4": ("VideoError", "unreadable"),
               "bad/text.mp4": ("VideoError", "unreadable"), "bad/no_audio.mp4": ("VideoError", "no_audio"),
-              "bad/no_face.mp4": ("TrackingError", None), "bad/one_frame.mp4": ("VideoError", "too_few_frames")}
+              "bad/no_face.mp4": ("TrackingError", "no_face"), "bad/one_frame.mp4": ("VideoError", "too_few_frames")}
     for rel, (etype, reason) in expect.items():
         r = rows[rel]
         assert r["status"] == "failed" and r["error_type"] == etype and r["error_reason"] == reason, r["error"]
@@ -199,7 +200,7 @@ def test_readable_by_ray_data_pandas_duckdb_and_inspect(ray_address, reference, 
 def _small_corpus(root: Path, names=("a/one.mp4", "a/two.mp4", "b/three.mp4", "b/four.mp4")) -> Path:
     for i, name in enumerate(names):
         n = 20 + 5 * i
-        encode_mp4(root / name, np.full((n, 64, 64, 3), 40 * i, np.uint8), 25, np.zeros(n * 640, np.float32))
+        encode_mp4(root / name, np.full((n, 64, 64, 3), (40 * i) % 251, np.uint8), 25, np.zeros(n * 640, np.float32))
     return root
 
 
@@ -266,11 +267,63 @@ def test_changed_config_or_inputs_are_reported_and_force_starts_a_new_version(ra
 
 
 @pytest.mark.slow
-def test_a_crashing_input_gets_a_failed_row_and_spares_the_others(ray_address, tmp_path):
-    root = _small_corpus(tmp_path / "c", ("a/one.mp4", "a/crash_me.mp4", "b/two.mp4"))
+def test_a_crashing_input_fails_alone_and_spares_the_others(ray_address, tmp_path):
+    """One input segfaults its worker (ctypes): it alone fails, with the crash; the rest equal a clean run."""
+    root = _small_corpus(tmp_path / "c", ("a/one.mp4", "a/crash_me.mp4", "b/two.mp4", "b/three.mp4"))
+    (root / "all.csv").write_text("path\na/one.mp4\na/crash_me.mp4\nb/two.mp4\nb/three.mp4\n")
+    (root / "clean.csv").write_text("path\na/one.mp4\nb/two.mp4\nb/three.mp4\n")
+    cfg = load_config("tiny", overrides=FAKE_SET + ["preprocess.max_retries=0", "preprocess.max_job_attempts=3"])
+    s = run_preprocess(str(root / "all.csv"), str(tmp_path / "out"), cfg, factory=FAKE)
+    clean = run_preprocess(str(root / "clean.csv"), str(tmp_path / "clean"), cfg, factory=FAKE)
+    assert s["complete"] and (s["ok"], s["failed"]) == (3, 1) and clean["ok"] == 3
+    bad = rows_by_path(tmp_path / "out")["a/crash_me.mp4"]
+    assert (bad["error_type"], bad["error_reason"]) == ("WorkerCrash", "worker_crash")
+    assert "Segmentation fault" in bad["error"] and "--retry-failed" in bad["error"], bad["error"]
+    got, ref = dataset_hashes(tmp_path / "out"), dataset_hashes(tmp_path / "clean")
+    assert {cid: got[cid] for cid in ref} == ref  # every other clip identical to a run without the crash
+
+
+@pytest.mark.slow
+def test_every_clip_crashing_stops_with_a_diagnosis_and_a_rerun_completes(ray_address, tmp_path):
+    """A broken environment (every clip segfaults its worker) stops the job early with the crash's stage and
+    stack; nothing is written for the clips, and the same command with a working processor completes."""
+    from pipeline.preprocess import PreprocessError
+
+    names = tuple(f"s{i}/c{i}.mp4" for i in range(16))
+    root = _small_corpus(tmp_path / "c", names)
+    cfg = load_config("tiny", overrides=FAKE_SET + ["preprocess.max_retries=0", "preprocess.crash_limit=3"])
+    with pytest.raises(PreprocessError) as err:
+        run_preprocess(str(root), str(tmp_path / "out"), cfg, factory="clip_records:make_segfaulting_processor")
+    text = str(err.value)
+    assert "environment" in text and "Segmentation fault" in text and "fake_audio_stage" in text, text
+    assert "Nothing was written for these clips" in text
+    # bounded: each of the 2 attempts gave up after crash_limit (+ the other actor's) crashes, not one per clip
+    n = int(re.search(r"(\d+) worker crash\(es\)", text).group(1))
+    assert 2 <= n <= 2 * (3 + 2) < len(names)
+    stats = tmp_path / "out" / "v001" / "stats"
+    assert not stats.exists() or not list(stats.glob("*.json"))  # no WorkerLost rows blaming the inputs
+    s = run_preprocess(str(root), str(tmp_path / "out"), cfg, factory=FAKE)  # the fix: a working processor
+    assert s["complete"] and s["ok"] == len(names) and s["failed"] == 0
+    assert dataset_hashes(tmp_path / "out") == _fake_reference(root, tmp_path / "ref", cfg)
+
+
+def _fake_reference(root: Path, out: Path, cfg) -> dict:
+    run_preprocess(str(root), str(out), cfg, factory=FAKE)
+    return dataset_hashes(out)
+
+
+def test_a_version_1_dataset_is_refused_with_the_way_to_a_current_one(ray_address, tmp_path, capsys):
+    root = _small_corpus(tmp_path / "c", ("a/one.mp4", "b/two.mp4"))
     out = tmp_path / "out"
-    cfg = load_config("tiny", overrides=FAKE_SET + ["preprocess.max_retries=0", "preprocess.max_job_attempts=2"])
-    s = run_preprocess(str(root), str(out), cfg, factory=FAKE)
-    rows = rows_by_path(out)
-    assert s["complete"] and (s["ok"], s["failed"]) == (2, 1)
-    assert rows["a/crash_me.mp4"]["error_type"] == "WorkerLost" and "--retry-failed" in rows["a/crash_me.mp4"]["error"]
+    cfg = load_config("tiny", overrides=FAKE_SET)
+    run_preprocess(str(root), str(out), cfg, factory=FAKE)
+    run_json = out / "v001" / "run.json"
+    old = json.loads(run_json.read_text())
+    run_json.write_text(json.dumps({**old, "schema_version": 1}))  # as an r3p before the camera change wrote it
+    with pytest.raises(shards.SchemaVersionError, match=r"schema version 1.*reads version 2.*eg3d_cam.*--force"):
+        shards.open_dataset(str(out))
+    assert main(["inspect", str(out)]) == 2 and "--force" in capsys.readouterr().err
+    with pytest.raises(PreprocessConflict, match=r"schema version 1.*--force"):  # no resume into an old version
+        run_preprocess(str(root), str(out), cfg, factory=FAKE)
+    s = run_preprocess(str(root), str(out), cfg, factory=FAKE, force=True)
+    assert s["complete"] and s["version"] == 2 and shards.open_dataset(str(out)).version == 2

@@ -128,3 +128,33 @@ def test_readable_by_pandas_and_duckdb(published):
     n, width = con.execute(f"select count(*), max(len(landmarks)) from read_parquet('{d}/frames/*.parquet')").fetchone()
     assert (n, width) == (3, 136)
     assert pq.read_schema(d / "frames" / "train-00000.parquet").field("landmarks").type == pa.list_(pa.float32(), 136)
+
+
+def test_every_failure_kind_has_a_machine_readable_reason():
+    from preprocessing.face_model import FaceModelError
+    from preprocessing.landmarks.tracking import TrackingError
+    from preprocessing.segmentation import SegmentationError
+    from preprocessing.video import VideoError
+
+    run = {"pipeline_version": "t", "config_hash": "h"}
+    clip = {"clip_id": "c1", "rel_path": "a/b.mp4"}
+    cases = [
+        (VideoError("a/b.mp4", "unreadable"), "VideoError", "unreadable"),
+        (TrackingError("no face detected in any of the 9 frames"), "TrackingError", "no_face"),
+        (TrackingError("tiny", "face_too_small"), "TrackingError", "face_too_small"),
+        (SegmentationError("rembg model file not found", "model_missing"), "SegmentationError", "model_missing"),
+        (FaceModelError("BFM_model_front.mat lacks keys"), "FaceModelError", "face_model"),
+        (FileNotFoundError("a/b.mp4"), "FileNotFoundError", "not_found"),
+        (PermissionError("a/b.mp4"), "PermissionError", "permission_denied"),
+        (MemoryError(), "MemoryError", "out_of_memory"),
+        (ValueError("audio contains NaN"), "ValueError", "invalid_input"),
+        (OSError("I/O error"), "OSError", "io_error"),
+        (RuntimeError("boom"), "RuntimeError", "internal_error"),
+    ]
+    for exc, etype, reason in cases:
+        row = schema.failed_row(clip, exc, run).to_pylist()[0]
+        assert (row["error_type"], row["error_reason"]) == (etype, reason), exc
+        assert row["status"] == "failed" and row["error"].startswith(etype)
+    text = schema.failed_row(clip, "WorkerCrash: died", run, error_type="WorkerCrash",
+                             reason=schema.REASON_WORKER_CRASH).to_pylist()[0]
+    assert (text["error_type"], text["error_reason"]) == ("WorkerCrash", "worker_crash")

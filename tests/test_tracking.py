@@ -241,9 +241,26 @@ def test_too_few_face_frames_raise_tracking_error():
     with pytest.raises(TrackingError, match=r"30 of 100 frames.*min_face_fraction") as err:
         track_faces(frames, TrackingParams(min_face_fraction=0.5), clip="spk1/clip7")
     assert isinstance(err.value, ValueError) and "spk1/clip7" in str(err.value)
-    with pytest.raises(TrackingError, match="no face detected"):
+    assert err.value.reason == "face_too_rare"
+    with pytest.raises(TrackingError, match="no face detected") as err:
         track_faces([[] for _ in range(10)])
+    assert err.value.reason == "no_face"
+    with pytest.raises(TrackingError) as err:
+        track_faces([])
+    assert err.value.reason == "no_frames"
     assert track_faces(frames, TrackingParams(min_face_fraction=0.25)).valid.sum() == 30
+
+
+def test_too_small_face_raises_with_its_reason():
+    tiny = [[face_at(300, 200, 20)] for _ in range(30)]  # template width 1.0 → 20 px wide
+    with pytest.raises(TrackingError, match=r"20 px wide.*min_face_px=24") as err:
+        track_faces(tiny, clip="spk/c1")
+    assert err.value.reason == "face_too_small" and "spk/c1" in str(err.value)
+    assert track_faces(tiny, TrackingParams(min_face_px=16)).valid.all()  # the limit is a parameter
+    import pickle
+
+    again = pickle.loads(pickle.dumps(err.value))  # crosses Ray's process boundary with its reason
+    assert again.reason == "face_too_small" and str(again) == str(err.value)
 
 
 def test_params_are_validated():

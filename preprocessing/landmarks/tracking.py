@@ -39,7 +39,16 @@ FAST_POINTS = tuple(range(36, 68))  # eyes 36–47, mouth 48–67 (iBUG 68)
 
 
 class TrackingError(ValueError):
-    """A clip has no usable main face track (e.g. too few frames with a face)."""
+    """A clip has no usable main face track; `reason` is a short machine-readable code:
+    `no_frames`, `no_face` (none detected), `face_too_rare` (main face in too few frames),
+    `face_too_small` (main face below `min_face_px`)."""
+
+    def __init__(self, message: str, reason: str = "no_face") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self):  # picklable across processes (Ray workers) with the reason
+        return (type(self), (str(self), self.reason))
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,7 @@ class TrackingParams:
     crop_scale: float = 3.0  # crop side / face width
     crop_shift: float = 0.1  # downward shift of the crop centre, fraction of the side
     crop_policy: str = "pad"  # "pad" or "clamp"
+    min_face_px: float = 24.0  # median landmark width of the main face, source pixels; smaller faces are refused
 
     def __post_init__(self) -> None:
         if not 0.0 < self.iou_threshold <= 1.0:
@@ -72,6 +82,8 @@ class TrackingParams:
             raise ValueError("order and fast_order must be in [0, window)")
         if self.crop_scale <= 0:
             raise ValueError(f"crop_scale must be > 0, got {self.crop_scale}")
+        if self.min_face_px < 0:
+            raise ValueError(f"min_face_px must be >= 0, got {self.min_face_px}")
         if self.crop_policy not in ("pad", "clamp"):
             raise ValueError(f"crop_policy must be 'pad' or 'clamp', got {self.crop_policy!r}")
 
@@ -264,7 +276,7 @@ def compute_crop_box(landmarks: np.ndarray, valid: np.ndarray, scale: float = 3.
     """One square crop for the clip from (T, 68, 2) landmarks over `valid` frames (see module doc)."""
     lm = np.asarray(landmarks, dtype=np.float64)[np.asarray(valid, dtype=bool)]
     if len(lm) == 0:
-        raise TrackingError("no valid frame to place a crop box")
+        raise TrackingError("no valid frame to place a crop box", "no_face")
     lo, hi = lm.min(axis=1), lm.max(axis=1)  # (n, 2)
     centre = np.median((lo + hi) / 2, axis=0)
     width = float(np.median(hi[:, 0] - lo[:, 0]))
@@ -340,11 +352,11 @@ def track_faces(detections: Sequence[Sequence[Face]], params: TrackingParams | N
     n = len(detections)
     where = f" in clip {clip}" if clip else ""
     if n == 0:
-        raise TrackingError(f"no frames{where}")
+        raise TrackingError(f"no frames{where}", "no_frames")
     tracks = associate(detections, p.iou_threshold, p.max_link_gap, p.max_centre_shift)
     if not tracks:
         raise TrackingError(f"no face detected in any of the {n} frames{where}; check the video "
-                            "shows a face, or try another detector / upsampling for small faces")
+                            "shows a face, or try another detector / upsampling for small faces", "no_face")
     main = max(tracks, key=lambda tr: (sum(f.area for f in tr.values()), len(tr)))
     observed = np.zeros(n, dtype=bool)
     observed[list(main)] = True
@@ -353,7 +365,14 @@ def track_faces(detections: Sequence[Sequence[Face]], params: TrackingParams | N
         raise TrackingError(
             f"main face found in only {observed.sum()} of {n} frames ({fraction:.0%}){where}, below "
             f"min_face_fraction={p.min_face_fraction:.0%}; the clip is skipped (lower "
-            "min_face_fraction, or use a detector that finds this face)")
+            "min_face_fraction, or use a detector that finds this face)", "face_too_rare")
+    widths = [np.ptp(face.landmarks[:, 0]) for face in main.values()]
+    width = float(np.median(widths))
+    if width < p.min_face_px:
+        raise TrackingError(
+            f"the main face is {width:.0f} px wide (median over {len(widths)} frames){where}, below "
+            f"min_face_px={p.min_face_px:g}: its crop would be upsampled more than the models can use; provide "
+            "a higher-resolution or closer shot, or lower tracking.min_face_px", "face_too_small")
     raw = np.full((n, N_LANDMARKS, 2), np.nan)
     boxes = np.full((n, 4), np.nan)
     scores = np.full(n, np.nan)

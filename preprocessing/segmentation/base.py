@@ -22,7 +22,15 @@ CLASS_NAMES = ("background", "hair", "body-skin", "face-skin", "clothes", "other
 
 
 class SegmentationError(RuntimeError):
-    """A backend cannot run (missing model file or library); the message says what to do."""
+    """A backend cannot run; the message says what to do. `reason`: `model_missing`, `library_missing`,
+    `model_unreadable` or `segmentation_failed`."""
+
+    def __init__(self, message: str, reason: str = "segmentation_failed") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.reason))
 
 
 @dataclass

@@ -41,16 +41,17 @@ class MediapipeSegmenter:
         except ImportError as e:
             raise SegmentationError(
                 f"the mediapipe segmentation backend needs the optional extra: pip install 'r3p[mediapipe]' "
-                f"(mediapipe needs numpy<2); {where}. ({type(e).__name__}: {e})") from e
+                f"(mediapipe needs numpy<2); {where}. ({type(e).__name__}: {e})", "library_missing") from e
         if not path.is_file():
-            raise SegmentationError(f"MediaPipe segmenter model not found: {path}; {where}")
+            raise SegmentationError(f"MediaPipe segmenter model not found: {path}; {where}", "model_missing")
         options = vision.ImageSegmenterOptions(
             base_options=BaseOptions(model_asset_path=str(path)), running_mode=vision.RunningMode.IMAGE,
             output_category_mask=True, output_confidence_masks=True)
         try:
             self._segmenter = vision.ImageSegmenter.create_from_options(options)
         except Exception as e:
-            raise SegmentationError(f"MediaPipe could not load {path}: {type(e).__name__}: {e}") from e
+            raise SegmentationError(f"MediaPipe could not load {path}: {type(e).__name__}: {e}",
+                                    "model_unreadable") from e
         self._mp = mp
         self.model_path = path
 

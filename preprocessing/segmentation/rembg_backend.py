@@ -49,14 +49,14 @@ class RembgSegmenter:
             raise SegmentationError(
                 f"rembg model file not found: {path}. Download {path.name} from {RELEASES} (the rembg GitHub "
                 f"releases) and save it there, or set R3P_HOME / segmentation.model_path; nothing is downloaded "
-                f"at run time.")
+                f"at run time.", "model_missing")
         os.environ["U2NET_HOME"] = str(folder)
         os.environ["MODEL_CHECKSUM_DISABLED"] = "1"
         try:
             import onnxruntime as ort
             from rembg.session_factory import new_session
         except ImportError as e:  # pragma: no cover - rembg is a core dependency
-            raise SegmentationError(f"rembg is not installed ({e}); pip install rembg") from e
+            raise SegmentationError(f"rembg is not installed ({e}); pip install rembg", "library_missing") from e
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = opts.inter_op_num_threads = int(threads)
@@ -64,7 +64,7 @@ class RembgSegmenter:
         try:
             self.session = new_session(model_name, sess_opts=opts, providers=["CPUExecutionProvider"], **kwargs)
         except Exception as e:
-            raise SegmentationError(f"rembg could not load {path}: {type(e).__name__}: {e}") from e
+            raise SegmentationError(f"rembg could not load {path}: {type(e).__name__}: {e}", "model_unreadable") from e
         self.model_name, self.model_path = model_name, path
 
     def reset(self) -> None:
