@@ -179,3 +179,34 @@ def test_backends_fall_back_under_their_own_names_and_say_why(tmp_path):
     (home / "broken.pth").write_bytes(b"not a torch file")
     with pytest.raises(MetricError, match="broken.pth"):
         resolve_backends(fid_inception=home / "broken.pth")
+
+
+def test_csim_dlib_separates_synthetic_identities_across_pose_and_expression():
+    import torch
+
+    from preprocessing.face3d import Face3D
+    from preprocessing.synthetic import (background_image, clip_coefficients, make_identity, render_clip,
+                                         speech_like_audio)
+    from preprocessing.synthetic_bfm import synthetic_face_model
+
+    torch.set_num_threads(2)
+    model = synthetic_face_model(0, "bfm")
+    face3d = Face3D(model)
+    emb = DlibFaceEmbedder()
+    embeddings = []
+    for idx in range(3):
+        ident = make_identity(idx, 0)
+        rng = np.random.default_rng([0, idx, 0, 2])
+        _, mouth = speech_like_audio(rng, 50, ident.f0_hz, ident.formants_hz)
+        coeffs = clip_coefficients(rng, ident, 50, mouth, model)[::10]  # 5 frames, 0.4 s apart
+        frames = np.concatenate([f for f, _, _ in render_clip(face3d, ident, coeffs, background_image(rng, 512), 512)])
+        landmarks = face3d.landmarks(torch.as_tensor(coeffs), 512).numpy()  # ground truth
+        embeddings.append(emb.embed(list(frames), list(landmarks)))
+    for i, e in enumerate(embeddings):
+        same = CSIM("CSIM-dlib")
+        same.update(e[0], e[1:])  # the first frame as the source, the others as "generated"
+        for j, other in enumerate(embeddings):
+            if j != i:
+                cross = CSIM("CSIM-dlib")
+                cross.update(e[0], other)
+                assert same.compute()["CSIM-dlib"].value > cross.compute()["CSIM-dlib"].value + 0.02
