@@ -188,6 +188,30 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from pipeline.shards import SchemaVersionError
+    from pipeline.train import TrainError, run_train
+
+    cfg = _cfg(args)
+    try:
+        run_train(args.stage, args.data, args.run, cfg, address=args.address, from_checkpoint=args.from_checkpoint,
+                  tracking_uri=args.tracking_uri)
+    except (TrainError, SchemaVersionError) as exc:
+        print(f"r3p train: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_predict_motion(args: argparse.Namespace) -> int:
+    from pipeline.predict import predict_motion_file
+
+    summary = predict_motion_file(_cfg(args), args.model, args.audio, args.out, runs=args.runs,
+                                  mouth_amp=args.mouth_amp, temperature=args.temperature, seed=args.seed)
+    print(f"motion: {summary['frames']} frames at 25 fps ({summary['seconds']:.2f} s of audio, {summary['audio']} "
+          f"features) from {summary['checkpoint']} -> {summary['out']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     cfgp = _config_parent()
     parser = argparse.ArgumentParser(
@@ -273,6 +297,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("train", parents=[cfgp], help="train a stage (syncnet, a2m) on a dataset version with Ray Train",
+                       description="Train one stage on DATA (a dataset folder or OUTPUT/vNNN) with Ray Train; "
+                                   "checkpoints under <dataset root>/runs/RUN, metrics and the registered model in "
+                                   "MLflow. Re-running the same command resumes the run from its last checkpoint.")
+    p.add_argument("--stage", required=True, help="stage name (syncnet, a2m)")
+    p.add_argument("--data", required=True, metavar="DATASET", help="dataset folder (latest version) or OUTPUT/vNNN")
+    p.add_argument("--run", required=True, metavar="NAME", help="run name (Ray Train run and MLflow run)")
+    p.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--from-checkpoint", metavar="RUN_OR_PATH", help="initialise the weights from this checkpoint")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<dataset root>/mlflow.db)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict-motion", parents=[cfgp], help="audio -> expression sequence with a trained A2M",
+                       description="Compute the audio features of AUDIO (any file ffmpeg reads) with the "
+                                   "preprocessing code and write the A2M's expression sequence (T, 64) at 25 fps.")
+    p.add_argument("--model", required=True, metavar="RUN_OR_PATH", help="A2M run name or checkpoint folder")
+    p.add_argument("--runs", help="runs folder for a run name (default: training.storage_path)")
+    p.add_argument("--audio", required=True, help="audio or video file")
+    p.add_argument("--mouth-amp", type=float, help="mouth amplitude control (default: the training mean)")
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the model's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="motion.npz", help="output .npz (exp (T, 64), fps)")
+    p.set_defaults(func=cmd_predict_motion)
     return parser
 
 

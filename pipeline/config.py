@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PRESETS = ("tiny", "paper")
 
@@ -216,6 +216,47 @@ class MultiviewConfig(_Section):
                                   self.view_yaw_deg, tuple(self.view_radius), self.real_pose_fraction)
 
 
+class TrainingConfig(_Section):
+    """`r3p train`: Ray Train resources, checkpoints, MLflow; per-stage parameters under `training.<stage>`.
+
+    Each stage's own keys (`training.syncnet.steps`, `training.a2m.syncnet`, …) are checked against
+    that stage's parameters (`training/<stage>.py`) before any work starts."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    size: Literal["tiny", "paper"] = Field("paper", description="stage sizes: tiny (CPU, minutes) or paper")
+    split: Literal["train", "val", "test", "all"] = Field("train", description="clips trained on")
+    val_split: Literal["train", "val", "test", "none"] = Field("val", description="clips validated on")
+    workers: int = Field(1, ge=1, le=4096, description="Ray Train workers (DDP: gloo on CPU, NCCL on GPU)")
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    gpus_per_worker: float = Field(0.0, ge=0.0)
+    threads: int = Field(1, ge=1, le=256, description="torch threads per worker")
+    seed: int = Field(0, ge=0)
+    log_every: int = Field(50, ge=1, description="progress line and MLflow metrics every N steps")
+    checkpoint_every: int = Field(1000, ge=1, description="checkpoint + validation every N steps (and at the end)")
+    num_to_keep: int = Field(2, ge=1, description="checkpoints kept (the latest)")
+    max_failures: int = Field(0, ge=-1, description="worker-group restarts from the last checkpoint (-1: no limit)")
+    val_batches: int = Field(8, ge=1, description="validation batches per checkpoint")
+    storage_path: str | None = Field(None, description="runs folder or URI (default: <dataset root>/runs)")
+    tracking_uri: str | None = Field(None, description="MLflow (default: sqlite:///<dataset root>/mlflow.db)")
+    experiment: str = Field("r3p-train", description="MLflow experiment")
+    inject_nan_step: int | None = Field(None, ge=0, description="fault injection for tests: NaN loss at this step")
+
+    @model_validator(mode="after")
+    def _stage_sections(self) -> "TrainingConfig":
+        from training.registry import STAGES
+
+        for key, value in (self.model_extra or {}).items():
+            if key not in STAGES:
+                fields = sorted(type(self).model_fields)
+                raise ValueError(f"unknown config key 'training.{key}'; valid keys here: "
+                                 + ", ".join(f"training.{k}" for k in fields + sorted(STAGES)))
+            if not isinstance(value, dict):
+                raise ValueError(f"config key 'training.{key}' must be a mapping of stage parameters, "
+                                 f"e.g. --set training.{key}.steps=100")
+        return self
+
+
 class R3PConfig(_Section):
     """The whole configuration."""
 
@@ -234,6 +275,7 @@ class R3PConfig(_Section):
     audio: AudioConfig = Field(default_factory=AudioConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
     triplane: TriplaneConfig = Field(default_factory=TriplaneConfig)
     multiview: MultiviewConfig = Field(default_factory=MultiviewConfig)
 

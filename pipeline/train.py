@@ -1,0 +1,349 @@
+"""`r3p train`: the Ray Train job for any registered stage (the stage's module says what it needs).
+
+Before any worker starts: open the dataset version (schema version checked), keep the `status ==
+ok` clips of the wanted split, check the stage's columns exist, resolve the checkpoints of earlier
+stages it needs, pick the audio feature (HuBERT when every sampled clip has it, else log-mel) and
+its normalisation statistics, and take the face model's keypoint basis. Then: Ray Datasets of the
+stage's examples (one Ray Data task per shard turns its clips into windows; shuffled once with the
+seed and materialised), a `TorchTrainer` with ScalingConfig / RunConfig(name = --run,
+storage_path) / CheckpointConfig / FailureConfig, the MLflow run, and a summary. Re-running the
+same command resumes from the run's latest checkpoint (same RunConfig name and storage path).
+
+Layout under the storage path (default `<dataset root>/runs`): `<run>/checkpoint_*` (Ray Train)
+and `<run>/final` (a copy of the last checkpoint, what `--set training.a2m.syncnet=<run>` and
+`r3p predict-motion --model <run>` read).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline import shards, storage
+from pipeline.config import R3PConfig, config_to_yaml, flat_params
+from training.registry import get_stage
+from training.stage import BASE_CLIP_COLUMNS, ClipArrays, Stage, StageError
+
+FINAL = "final"
+
+
+class TrainError(RuntimeError):
+    """Training cannot start or did not finish; the message says what and what to do."""
+
+
+# ------------------------------------------------------------------------------------------------
+# dataset side
+
+
+def _published_ids(layout: shards.Layout) -> list[str]:
+    return sorted(shards.published(layout))
+
+
+def _check_columns(layout: shards.Layout, shard_ids: list[str], stage: Stage, audio_cols: list[str]) -> None:
+    need = {"clips": list(BASE_CLIP_COLUMNS) + list(stage.clip_columns) + audio_cols + ["f0"],
+            "frames": ["clip_id"] + list(stage.frame_columns)}
+    for table, cols in need.items():
+        names = pq.read_schema(layout.fs.open_input_file(layout.shard_path(table, shard_ids[0]))).names
+        missing = [c for c in dict.fromkeys(cols) if c not in names]
+        if missing:
+            raise TrainError(f"{layout.uri}: the {table} table lacks column(s) {missing} that stage {stage.name} "
+                             f"reads; re-run `r3p preprocess INPUT {layout.root} --force` with this r3p")
+
+
+def select_clips(layout: shards.Layout, split: str) -> pa.Table:
+    """clip_id, split, speaker_id, status and shard of the ok clips in `split` ('all' = every split)."""
+    parts = []
+    for s in _published_ids(layout):
+        t = pq.read_table(layout.shard_path("clips", s), filesystem=layout.fs, columns=list(BASE_CLIP_COLUMNS))
+        parts.append(t.append_column("shard", pa.array([s] * t.num_rows, pa.string())))
+    if not parts:
+        return pa.table({c: pa.array([], pa.string()) for c in list(BASE_CLIP_COLUMNS) + ["shard"]})
+    t = pa.concat_tables(parts)
+    keep = pc.equal(t["status"], "ok")
+    if split != "all":
+        keep = pc.and_(keep, pc.equal(t["split"], split))
+    return t.filter(keep)
+
+
+def _audio_column(layout: shards.Layout, sel: pa.Table, wanted: str, n_sample: int = 32) -> tuple[str, np.ndarray,
+                                                                                                   np.ndarray]:
+    """(audio column, per-dim mean, per-dim std) from a sample of the selected clips."""
+    ids = set(sel["clip_id"].to_pylist()[:n_sample])
+    shard_ids = sorted(set(sel.filter(pc.is_in(sel["clip_id"], pa.array(sorted(ids))))["shard"].to_pylist()))
+    rows: list[dict] = []
+    for s in shard_ids:
+        t = pq.read_table(layout.shard_path("clips", s), filesystem=layout.fs, columns=["clip_id", "mel", "hubert"])
+        rows += [r for r in t.to_pylist() if r["clip_id"] in ids]
+    has_hubert = bool(rows) and all(r["hubert"] is not None for r in rows)
+    if wanted == "hubert" and not has_hubert:
+        raise TrainError(f"{layout.uri}: audio=hubert but the clips have no HuBERT features; preprocess with a "
+                         "HuBERT model (`r3p assets`, audio.hubert=always) or set training.<stage>.audio=mel")
+    col = "hubert" if (wanted == "hubert" or (wanted == "auto" and has_hubert)) else "mel"
+    feats = [np.asarray(r[col], np.float32) for r in rows if r[col] is not None]
+    if not feats:
+        raise TrainError(f"{layout.uri}: the selected clips have no audio features ({col} is empty)")
+    x = np.concatenate(feats)
+    return col, x.mean(0), x.std(0) + 1e-3
+
+
+def clip_arrays(clips: pa.Table, frames: pa.Table, audio_col: str, frame_columns: tuple[str, ...]) -> list[ClipArrays]:
+    """Per-clip arrays from a shard's clips rows and frames rows (frames sorted by index)."""
+    out = []
+    frames = frames.sort_by([("clip_id", "ascending"), ("index", "ascending")])
+    fid = frames["clip_id"].to_numpy(zero_copy_only=False)
+    for r in clips.to_pylist():
+        m = fid == r["clip_id"]
+        sub = {c: np.asarray(frames[c].filter(pa.array(m)).to_pylist(), np.float32) for c in frame_columns
+               if c != "index"}
+        audio = np.asarray(r[audio_col], np.float32) if r[audio_col] is not None else None
+        if audio is None:
+            raise StageError(f"clip {r['clip_id']} has no {audio_col} features")
+        f0 = np.asarray(r["f0"], np.float32) if r.get("f0") is not None else np.zeros(len(audio), np.float32)
+        out.append(ClipArrays(clip_id=r["clip_id"], speaker_id=r["speaker_id"] or "", audio=audio, f0=f0,
+                              id_coeff=np.asarray(r["id_coeff"], np.float32), frames=sub))
+    return out
+
+
+def _shard_examples(batch: dict[str, np.ndarray], layout: shards.Layout, stage_name: str, params: dict,
+                    audio_col: str) -> dict[str, np.ndarray]:
+    """Ray Data task: one shard (row: shard id + the clip ids to use) → the stage's examples of those clips."""
+    stage = get_stage(stage_name)
+    p = stage.params_from_dict(params)
+    parts: list[dict[str, np.ndarray]] = []
+    for shard_id, ids in zip(batch["shard"], batch["clip_ids"]):
+        ids = pa.array(list(ids), pa.string())
+        cols = list(dict.fromkeys(["clip_id", "speaker_id", "id_coeff", "f0", audio_col, *stage.clip_columns]))
+        c = pq.read_table(layout.shard_path("clips", shard_id), filesystem=layout.fs, columns=cols)
+        c = c.filter(pc.is_in(c["clip_id"], ids))
+        fcols = list(dict.fromkeys(["clip_id", "index", *stage.frame_columns]))
+        f = pq.read_table(layout.shard_path("frames", shard_id), filesystem=layout.fs, columns=fcols)
+        f = f.filter(pc.is_in(f["clip_id"], ids))
+        for clip in clip_arrays(c, f, audio_col, tuple(stage.frame_columns)):
+            parts.append(stage.examples(clip, p))
+    keys = list(parts[0]) if parts else []
+    return {k: np.concatenate([q[k] for q in parts]) for k in keys}
+
+
+def build_dataset(layout: shards.Layout, sel: pa.Table, stage: Stage, params: dict, audio_col: str, seed: int):
+    """A materialised, once-shuffled Ray Dataset of the stage's examples of the selected clips."""
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    by_shard: dict[str, list[str]] = {}
+    for cid, s in zip(sel["clip_id"].to_pylist(), sel["shard"].to_pylist()):
+        by_shard.setdefault(s, []).append(cid)
+    items = [{"shard": s, "clip_ids": ids} for s, ids in sorted(by_shard.items())]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map_batches(_shard_examples, batch_size=1, batch_format="numpy",
+                        fn_kwargs=dict(layout=layout, stage_name=stage.name, params=params, audio_col=audio_col))
+    return ds.random_shuffle(seed=seed).materialize()
+
+
+# ------------------------------------------------------------------------------------------------
+# checkpoints of earlier stages
+
+
+def resolve_checkpoint(value: str, storage_root: str) -> str:
+    """A checkpoint folder from a path (checkpoint folder or run folder) or a run name under `storage_root`."""
+    from training.checkpoint import META
+
+    candidates = [Path(value), Path(value) / FINAL, Path(storage_root) / value / FINAL]
+    for c in candidates:
+        if (c / META).is_file():
+            return str(c.resolve())
+    raise TrainError(f"no checkpoint at {value!r}: looked for {', '.join(str(c / META) for c in candidates)}; "
+                     "give a checkpoint folder or the --run name of a finished `r3p train` run")
+
+
+def storage_root(cfg: R3PConfig, layout: shards.Layout) -> str:
+    if cfg.training.storage_path:
+        return cfg.training.storage_path
+    if not storage.is_local(layout.fs):
+        raise TrainError(f"{layout.uri} is not local: set training.storage_path to shared storage (e.g. s3://…)")
+    return str(Path(layout.root).resolve() / "runs")
+
+
+# ------------------------------------------------------------------------------------------------
+# the job
+
+
+def _config_hash(cfg: R3PConfig, stage_name: str) -> str:
+    return hashlib.sha256((config_to_yaml(cfg) + stage_name).encode()).hexdigest()[:16]
+
+
+def run_train(stage_name: str, data: str, run_name: str, cfg: R3PConfig, *, address: str | None = None,
+              from_checkpoint: str | None = None, tracking_uri: str | None = None,
+              say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train `stage_name` on dataset version `data` as run `run_name` (resumes when the run exists); summary."""
+    t0 = time.perf_counter()
+    try:
+        stage = get_stage(stage_name)
+        tc = cfg.training
+        params = stage.params(tc.size, (tc.model_extra or {}).get(stage_name))
+    except StageError as exc:
+        raise TrainError(str(exc)) from None
+    if not run_name or "/" in run_name or run_name.startswith("."):
+        raise TrainError(f"--run {run_name!r}: give a plain name (letters, digits, -, _)")
+    layout = shards.open_dataset(data)  # FileNotFoundError / SchemaVersionError name the fix
+    run_json = shards.read_json(layout.fs, layout.run_path)
+    published = _published_ids(layout)
+    if not published:
+        raise TrainError(f"{layout.uri} has no published shards; finish `r3p preprocess` on it first")
+    sel = select_clips(layout, tc.split)
+    if sel.num_rows == 0:
+        raise TrainError(f"{layout.uri} has no clips with status ok in split {tc.split!r}; choose another split "
+                         "(--set training.split=all) or preprocess more data")
+    col, mean, std = _audio_column(layout, sel, params.audio)
+    _check_columns(layout, published, stage, [col])
+    root = storage_root(cfg, layout)
+
+    # earlier stages' checkpoints (resolved to folders now: a missing one stops the job here)
+    pdict = dict(vars(params))
+    for key, value in stage.required_checkpoints(params).items():
+        if not value:
+            raise TrainError(f"stage {stage.name} needs a checkpoint for training.{stage.name}.{key} (an earlier "
+                             f"stage's run); pass --set training.{stage.name}.{key}=RUN_OR_PATH")
+        pdict[key] = resolve_checkpoint(value, root)
+    init_from = resolve_checkpoint(from_checkpoint, root) if from_checkpoint else None
+
+    from pipeline.assets import resolve_face_model
+    from training.keypoints import KeypointBasis
+
+    info = {"audio": col, "audio_dim": int(mean.shape[0]), "audio_mean": mean.tolist(), "audio_std": std.tolist(),
+            "keypoints": KeypointBasis.from_face_model(resolve_face_model(cfg)).to_dict()}
+
+    from pipeline.preprocess import ensure_ray
+
+    started = ensure_ray(address)
+    try:
+        return _fit(stage, params, pdict, info, layout, run_json, sel, col, root, run_name, cfg, init_from,
+                    tracking_uri, say, t0)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _fit(stage, params, pdict, info, layout, run_json, sel, col, root, run_name, cfg, init_from, tracking_uri,
+         say, t0) -> dict[str, Any]:
+    import ray.train
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipeline import tracking
+    from training.loop import train_loop_per_worker
+
+    tc = cfg.training
+    t_data = time.perf_counter()
+    train_ds = build_dataset(layout, sel, stage, pdict, col, tc.seed)
+    n_train = train_ds.count()
+    datasets = {"train": train_ds}
+    n_val = 0
+    if tc.val_split != "none" and tc.val_split != tc.split:
+        vsel = select_clips(layout, tc.val_split)
+        if vsel.num_rows:
+            val_ds = build_dataset(layout, vsel, stage, pdict, col, tc.seed + 1)
+            n_val = val_ds.count()
+            if n_val:
+                datasets["val"] = val_ds
+    data_s = time.perf_counter() - t_data
+    if n_train < params.batch_size:
+        raise TrainError(f"{n_train} training examples from {sel.num_rows} clips are fewer than one batch "
+                         f"(training.{stage.name}.batch_size={params.batch_size}); use more data or a smaller batch")
+    say(f"r3p train {stage.name}: {sel.num_rows} clips ({tc.split}) → {n_train} examples, {n_val} validation "
+        f"examples, audio {col} ({info['audio_dim']}-d); data prepared in {data_s:.1f} s")
+
+    uri = tracking_uri or tc.tracking_uri or tracking.default_tracking_uri(layout.root)
+    counts = {"clips": sel.num_rows, "examples": n_train, "val_examples": n_val,
+              "speakers": len(set(sel["speaker_id"].to_pylist()))}
+    stats = shards.published(layout)
+    dataset = {"uri": layout.uri, "name": f"{posixpath.basename(layout.root)}/v{layout.version:03d}",
+               "digest": tracking.dataset_digest(stats, run_json), "version": layout.version, "split": tc.split,
+               "counts": counts}
+    cfg_hash = _config_hash(cfg, stage.name)
+    code = tracking.code_version()
+    params_flat = {**{f"stage.{k}": v for k, v in pdict.items()}, **flat_params(cfg), "stage": stage.name,
+                   "audio": col}
+    run_id, resumed = tracking.open_run(
+        uri, tc.experiment, run_name, str(Path(root) / "mlartifacts") if "://" not in root else None,
+        params=params_flat, config_yaml=config_to_yaml(cfg),
+        tags={"r3p.stage": stage.name, "r3p.config_hash": cfg_hash, "r3p.dataset_version": dataset["name"],
+              "r3p.dataset_digest": dataset["digest"], "r3p.code_version": code}, dataset=dataset)
+
+    meta = {"config": cfg.model_dump(mode="json"), "dataset": dataset, "run": run_name, "mlflow_run_id": run_id,
+            "code_version": code, "config_hash": cfg_hash}
+    loop_config = {"stage": stage.name, "params": pdict, "info": info, "seed": tc.seed, "threads": tc.threads,
+                   "log_every": tc.log_every, "checkpoint_every": tc.checkpoint_every, "n_train": n_train,
+                   "has_val": "val" in datasets, "val_batches": tc.val_batches, "tracking_uri": uri,
+                   "run_id": run_id, "meta": meta, "init_from": init_from, "inject_nan_step": tc.inject_nan_step}
+    use_gpu = tc.gpus_per_worker > 0
+    resources = {"CPU": tc.cpus_per_worker, **({"GPU": tc.gpus_per_worker} if use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker, train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=tc.workers, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(name=run_name, storage_path=root,
+                             checkpoint_config=CheckpointConfig(num_to_keep=tc.num_to_keep),
+                             failure_config=FailureConfig(max_failures=tc.max_failures)),
+        datasets=datasets, dataset_config=DataConfig(datasets_to_split=[]))
+    say(f"r3p train {stage.name}: run {run_name!r} ({'resuming' if resumed else 'new'}), {tc.workers} worker(s), "
+        f"{params.steps} steps of {params.batch_size}; checkpoints under {root}/{run_name}; MLflow {uri} run {run_id}")
+    t_fit = time.perf_counter()
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # noqa: BLE001 - Ray wraps the worker's error; surface its message
+        tracking.finish_run(uri, run_id, stage.name, None, {"error": str(exc)[-2000:]}, status="FAILED")
+        raise TrainError(_worker_error(exc)) from None
+    fit_s = time.perf_counter() - t_fit
+    if result.checkpoint is None:
+        raise TrainError(f"run {run_name!r} finished without a checkpoint")
+    final = Path(root) / run_name / FINAL
+    tmp = final.with_name(".final.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with result.checkpoint.as_directory() as d:
+        shutil.copytree(d, tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    metrics = dict(result.metrics or {})
+    from training.checkpoint import read_meta
+
+    step = int(read_meta(final)["step"])
+    best_key = stage.best_metric[0] if stage.best_metric else None
+    summary = {"stage": stage.name, "run": run_name, "steps": step, "fit_seconds": round(fit_s, 2),
+               "total_seconds": round(time.perf_counter() - t0, 2), "examples": n_train, "val_examples": n_val,
+               "samples_per_s": round(params.steps * params.batch_size / max(fit_s, 1e-9), 1),
+               "best": {best_key: metrics.get(f"best_{best_key}")} if best_key else {},
+               "last_metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+               "checkpoint": str(final), "ray_checkpoint": result.checkpoint.path, "mlflow_tracking_uri": uri,
+               "mlflow_run_id": run_id, "resumed": resumed}
+    summary.update(tracking.finish_run(uri, run_id, stage.name, str(final), summary))
+    (Path(root) / run_name / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    say(format_summary(summary))
+    return summary
+
+
+def _worker_error(exc: BaseException) -> str:
+    text = str(exc)
+    for marker in ("NonFiniteLossError: ", "StageError: ", "CheckpointError: ", "ValueError: "):
+        if marker in text:
+            return text[text.rindex(marker):].strip().splitlines()[0]
+    return f"training failed: {text.strip().splitlines()[-1] if text.strip() else type(exc).__name__}"
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    best = ", ".join(f"best {k} {v:.4f}" for k, v in s.get("best", {}).items() if isinstance(v, (int, float)))
+    return (f"r3p train {s['stage']}: run {s['run']!r} at step {s['steps']} in {s['fit_seconds']:.1f} s "
+            f"({s['samples_per_s']:.0f} samples/s){'; ' + best if best else ''}\n"
+            f"checkpoint: {s['checkpoint']}\n"
+            f"MLflow: {s['mlflow_tracking_uri']} run {s['mlflow_run_id']}"
+            + (f", registered {s['registered_model']} version {s['model_version']}" if s.get("model_version") else ""))
