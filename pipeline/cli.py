@@ -73,6 +73,18 @@ def cmd_convert_eg3d(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_multiview(args: argparse.Namespace) -> int:
+    from pipeline.multiview import MultiviewError, run_multiview
+
+    try:
+        run_multiview(args.output, _cfg(args), teacher=args.teacher, samples=args.samples, views=args.views,
+                      poses=args.poses, force=args.force, address=args.address)
+    except MultiviewError as exc:
+        print(f"r3p multiview: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     import time
 
@@ -245,6 +257,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("pkl", metavar="FILE.pkl", help="the EG3D checkpoint")
     e.add_argument("--out", help="output path without suffix (default: beside FILE.pkl, same stem)")
     e.set_defaults(func=cmd_convert_eg3d)
+
+    p = sub.add_parser("multiview", parents=[cfgp], help="teacher heads rendered from several cameras -> Parquet views",
+                       description="Sample heads from a teacher (morphable: the 3DMM, any machine; eg3d: the converted "
+                                   "FFHQ checkpoint) and render each from --views cameras into OUTPUT/vNNN/views/ "
+                                   "(Ray Data, resumable shards, views_sheet.png).")
+    p.add_argument("output", metavar="OUTPUT")
+    p.add_argument("--teacher", choices=["morphable", "eg3d"], help="default: multiview.teacher")
+    p.add_argument("--samples", type=int, help="default: multiview.samples")
+    p.add_argument("--views", type=int, help="default: multiview.views")
+    p.add_argument("--poses", metavar="DATASET", help="a preprocessed dataset: views take its frames' cameras "
+                   "with probability multiview.real_pose_fraction")
+    p.add_argument("--force", action="store_true", help="write a new version even if the latest differs")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    p.set_defaults(func=cmd_multiview)
 
     p = sub.add_parser("synth", parents=[cfgp], help="generate a synthetic talking-face corpus with ground truth",
                        description="Render a deterministic synthetic talking-face corpus (H.264 + AAC mp4 at "
