@@ -189,7 +189,7 @@ def test_csim_dlib_separates_synthetic_identities_across_pose_and_expression():
                                          speech_like_audio)
     from preprocessing.synthetic_bfm import synthetic_face_model
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     model = synthetic_face_model(0, "bfm")
     face3d = Face3D(model)
     emb = DlibFaceEmbedder()
@@ -199,8 +199,8 @@ def test_csim_dlib_separates_synthetic_identities_across_pose_and_expression():
         rng = np.random.default_rng([0, idx, 0, 2])
         _, mouth = speech_like_audio(rng, 50, ident.f0_hz, ident.formants_hz)
         coeffs = clip_coefficients(rng, ident, 50, mouth, model)[::10]  # 5 frames, 0.4 s apart
-        frames = np.concatenate([f for f, _, _ in render_clip(face3d, ident, coeffs, background_image(rng, 512), 512)])
-        landmarks = face3d.landmarks(torch.as_tensor(coeffs), 512).numpy()  # ground truth
+        frames = np.concatenate([f for f, _, _ in render_clip(face3d, ident, coeffs, background_image(rng, 320), 320)])
+        landmarks = face3d.landmarks(torch.as_tensor(coeffs), 320).numpy()  # ground truth
         embeddings.append(emb.embed(list(frames), list(landmarks)))
     for i, e in enumerate(embeddings):
         same = CSIM("CSIM-dlib")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from evaluation.metrics import MetricError, merge_all
 from evaluation.metrics.lpips import LPIPS
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # the machine is shared; one thread avoids oversubscription
 
 ALEXNET = {  # torchvision alexnet: features index -> (cout, cin, k, stride, pad); classifier is in the file too
     0: (64, 3, 11, 4, 2), 3: (192, 64, 5, 1, 2), 6: (384, 192, 3, 1, 1), 8: (256, 384, 3, 1, 1), 10: (256, 256, 3, 1, 1)}
