@@ -37,6 +37,8 @@ def _check_rgb(image: np.ndarray) -> np.ndarray:
 
 
 class _Embedder:
+    """Common part of the identity embedders: landmarks given or found, batch embedding."""
+
     kind = ""
     dim = 0
     model = ""
@@ -44,7 +46,10 @@ class _Embedder:
 
     def _landmarks(self, image: np.ndarray, landmarks: np.ndarray | None) -> np.ndarray:
         if landmarks is not None:
-            return np.asarray(landmarks, dtype=np.float64)
+            lm = np.asarray(landmarks, dtype=np.float64)
+            if lm.shape != (68, 2):
+                raise MetricError(f"{self.kind} identity embedding: landmarks must be (68, 2) pixels, got {lm.shape}")
+            return lm
         if self._detector is None:
             from preprocessing.landmarks import make_detector
 
