@@ -6,11 +6,13 @@ is the working tree's. Both run on the same inputs:
 
 - synthetic: `r3p synth`-style clips (identities × 1 clip, 512²) with ground-truth landmarks and
   head/torso masks; the matte from the ground-truth landmarks alone and with the ground-truth face
-  silhouettes (what `process_clip` passes from the fit). Mean and worst-frame IoU of person, head, torso.
+  silhouettes (what `process_clip` passes from the fit), and two camouflaged versions (background
+  painted in the person's colours: a hair-coloured band above the head, clothes-coloured curtains
+  beside the head and neck). Mean and worst-frame IoU of person, head, torso.
 - real: portrait photos that ship inside installed packages (matplotlib's grace_hopper, scikit-image's
   astronaut, insightface's t1 group photo with six faces) with busy backgrounds (flags, a room, other
   people). Each dlib face becomes a short clip (`--frames`, a slow zoom-in with a small pan) cut like
-  the tracker's crop (3 × face width, 512²). Measures, averaged over frames (in face sizes s, the
+  the tracker's crop (3 × face width, 512²) and a wider framing (4.5 ×; `--crop-scales`). Measures, averaged over frames (in face sizes s, the
   jaw width or eye–chin / 0.8, whichever is larger):
   - `head_out`: fraction of the head mask beyond a loose allowance (more than 1.2 s above the brows,
     or 0.6 s beside the jaw ends) — nowhere a head reaches;
@@ -139,7 +141,40 @@ def synthetic_scores(seg_pkg, frames, gt, fm) -> dict[str, dict[str, float]]:
                 "torso": [iou(torso[i], gt["torso_mask"][i]) for i in range(len(frames))]}
         res[mode] = {f"{k}_mean": float(np.mean(v)) for k, v in vals.items()}
         res[mode].update({f"{k}_min": float(np.min(v)) for k, v in vals.items()})
+    for kind in ("band", "curtains"):
+        person, head, torso = run_clip(seg_pkg, camouflage(frames, gt, kind), lm)
+        vals = {"person": [iou(person[i] >= 0.5, gp[i]) for i in range(len(frames))],
+                "head": [iou(head[i], gt["head_mask"][i]) for i in range(len(frames))],
+                "torso": [iou(torso[i], gt["torso_mask"][i]) for i in range(len(frames))]}
+        res[kind] = {f"{k}_mean": float(np.mean(v)) for k, v in vals.items()}
+        res[kind].update({f"{k}_min": float(np.min(v)) for k, v in vals.items()})
     return res
+
+
+def camouflage(frames: np.ndarray, gt: dict, kind: str) -> np.ndarray:
+    """The frames with background painted in the person's colours (ground truth unchanged): `band`, a
+    hair-coloured band from the top edge down to the hair; `curtains`, clothes-coloured curtains
+    beside the head and neck down to below the chin."""
+    frames = frames.copy()
+    head, torso = gt["head_mask"], gt["torso_mask"]
+    person = head | torso
+    rows = np.arange(frames.shape[1])[:, None]
+    for i, f in enumerate(frames):
+        lm = gt["landmarks"][i]
+        region = np.zeros(person.shape[1:], bool)
+        if kind == "band":
+            colour = np.median(f[head[i] & (rows < lm[19, 1] - 10)], 0)
+            ys, xs = np.nonzero(head[i])
+            region[:ys.min() + 15, max(xs.min() - 40, 0):xs.max() + 40] = True
+        elif kind == "curtains":
+            colour = np.median(f[torso[i] & (rows > 0.88 * f.shape[0])], 0)
+            c = int(lm[8, 1])
+            region[c - 80:c + 60, :100] = True
+            region[c - 80:c + 60, -100:] = True
+        else:
+            raise ValueError(f"unknown camouflage {kind!r}; use 'band' or 'curtains'")
+        f[region & ~person[i]] = colour
+    return frames
 
 
 def photo_clips(n_frames: int, crop_scale: float = 3.0):
@@ -211,6 +246,7 @@ def main() -> None:
     ap.add_argument("--identities", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--frames", type=int, default=8, help="frames per real-photo clip")
+    ap.add_argument("--crop-scales", default="3,4.5", help="real-photo framings: crop side / face width")
     ap.add_argument("--work", default=None, help="folder to keep the synthetic corpus in (reused)")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
@@ -232,7 +268,7 @@ def main() -> None:
     print(f"synthetic clips ({args.identities} identities × {args.seconds:g} s, 512²): IoU mean / worst frame")
     for name, frames, gt, fm in synthetic_clips(work, args.identities, args.seconds):
         results["synthetic"][name] = {k: synthetic_scores(p, frames, gt, fm) for k, p in pkgs.items()}
-        for mode in ("landmarks", "landmarks+face"):
+        for mode in ("landmarks", "landmarks+face", "band", "curtains"):
             cells = []
             for k in pkgs:
                 r = results["synthetic"][name][k][mode]
@@ -240,15 +276,18 @@ def main() -> None:
                                                    for m in ("person", "head", "torso")))
             print(f"  {name} [{mode}]  " + "  |  ".join(cells))
     print(f"real photos ({args.frames}-frame clips): head_out head_top torso_out bg_person bg_head bg_torso")
-    for name, frames, lm, inside, bg in photo_clips(args.frames):
+    clips = (c for scale in map(float, args.crop_scales.split(",")) for c in photo_clips(args.frames, scale))
+    for name, frames, lm, inside, bg in clips:
         results["real"][name] = {k: photo_scores(p, frames, lm, inside, bg) for k, p in pkgs.items()}
         for k in pkgs:
             r = results["real"][name][k]
             print(f"  {name:16s} {k:6s} " + " ".join(f"{r[m]:.3f}" for m in r))
-    for k in pkgs:
-        agg = {m: float(np.mean([r[k][m] for r in results["real"].values()])) for m in next(iter(results["real"].values()))[k]}
-        results.setdefault("real_mean", {})[k] = agg
-        print(f"  {'mean':16s} {k:6s} " + " ".join(f"{v:.3f}" for v in agg.values()))
+    for scale in args.crop_scales.split(","):
+        sel = [r for n, r in results["real"].items() if n.endswith(f"@{float(scale):g}")]
+        for k in pkgs:
+            agg = {m: float(np.mean([r[k][m] for r in sel])) for m in sel[0][k]}
+            results.setdefault("real_mean", {}).setdefault(f"@{float(scale):g}", {})[k] = agg
+            print(f"  {'mean @' + f'{float(scale):g}':16s} {k:6s} " + " ".join(f"{v:.3f}" for v in agg.values()))
     print(f"done in {time.perf_counter() - t0:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

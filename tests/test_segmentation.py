@@ -102,6 +102,46 @@ def test_colour_with_face_masks_and_missing_landmarks(clip):
     assert isinstance(empty, Segmentation) and empty.classes is None and not empty.person.any()
 
 
+def _camouflage(frames, gt, kind):
+    """Background painted in the person's colours (ground truth unchanged): a hair-coloured band from
+    the top edge down to the hair, or clothes-coloured curtains beside the head and neck."""
+    frames = frames.copy()
+    person = gt["head_mask"] | gt["torso_mask"]
+    rows = np.arange(frames.shape[1])[:, None]
+    for i, f in enumerate(frames):
+        lm = gt["landmarks"][i]
+        region = np.zeros(person.shape[1:], bool)
+        if kind == "band":
+            colour = np.median(f[gt["head_mask"][i] & (rows < lm[19, 1] - 10)], 0)
+            ys, xs = np.nonzero(gt["head_mask"][i])
+            region[:ys.min() + 15, xs.min() - 40:xs.max() + 40] = True
+        else:
+            colour = np.median(f[gt["torso_mask"][i] & (rows > 450)], 0)
+            c = int(lm[8, 1])
+            region[c - 80:c + 60, :100] = region[c - 80:c + 60, -100:] = True
+        f[region & ~person[i]] = colour
+    return frames
+
+
+def test_colour_with_person_coloured_background(clip):
+    frames, gt, _ = clip
+    gt = {k: gt[k][:8] for k in ("head_mask", "torso_mask", "landmarks")}
+    lm = gt["landmarks"].astype(np.float32)
+    # curtains in the clothes' colour beside the head: the chest seed keeps a foreground model of
+    # that colour. Worst frame measured: person 0.998, head 0.975, torso 0.977 (before the face-geometry
+    # bounds, chest seed and 10 first-frame iterations: 0.55 / 0.98 / 0.17, the torso lost)
+    ious = _ious(_run(_camouflage(frames[:8], gt, "curtains"), lm), gt, lm)
+    assert ious["person"] > 0.97 and ious["head"] > 0.94 and ious["torso"] > 0.95, ious
+    # a hair-coloured band from the top edge down to the hair: measured 0.996 / 0.972 / 0.977 (before:
+    # 0.77 / 0.59 / 0.98); the band never becomes head
+    person = _run(_camouflage(frames[:8], gt, "band"), lm)
+    ious = _ious(person, gt, lm)
+    assert ious["person"] > 0.97 and ious["head"] > 0.94 and ious["torso"] > 0.95, ious
+    for i in range(8):
+        head, _ = split_parts(person[i], lm[i])
+        assert not (head & ~gt["head_mask"][i])[:60].any()
+
+
 def test_colour_on_a_real_photo():
     from skimage import data
 

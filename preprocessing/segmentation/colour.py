@@ -3,20 +3,24 @@
 Per frame, at a reduced working size (long side `work_size` px), a GrabCut label map is seeded
 from the landmarks (and the rendered face silhouette when given):
 
-- sure foreground: the landmark hull and the face silhouette (eroded), and a neck/upper-chest
-  strip below the chin;
+- sure foreground: the landmark hull and the face silhouette (eroded), a neck strip below the
+  chin and a wider chest patch below it (so clothes that share the background's colours keep a
+  foreground colour model);
 - probable foreground: a head ellipse (hair) and a body region below the chin that widens into
   shoulders, all sized by the jaw width and rotated with the head's roll;
 - sure background: everything outside a generous head envelope above shoulder height (the top
   corners and the sides beside the head), and thin side/bottom border strips more than two face
   widths beside the body (wide framings);
-- probable background: the rest.
+- probable background: the rest;
+- sure background, whatever the above: everything outside `person_region` (the hair allowance
+  around the face and the neck/shoulder band, see `parts.BodyBounds`; `bounds=None` turns it off).
 
 The first frame of a clip runs `iterations` rounds initialised from the seed; later frames reuse
 the previous frame's colour models (GrabCut's bgdModel/fgdModel) and its mask, shifted with the
 head, as the probable labels, and run `propagate_iterations` rounds. The hard low-resolution
 result is opened (5-px line openings, dropping thin threads), upsampled and snapped to the image edges with
-a guided filter, giving a soft matte. GrabCut's k-means start is seeded (`seed`) for repeatability.
+a guided filter, giving a soft matte. With bounds, only foreground connected to the sure-foreground
+seed is kept. GrabCut's k-means start is seeded (`seed`) for repeatability.
 """
 
 from __future__ import annotations
@@ -88,7 +92,7 @@ def seed_labels(hf: HeadFrame, h: int, w: int, scale: float, face_mask: np.ndarr
         fm = cv2.resize(face_mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) > 0.9
         fg |= fm.astype(np.uint8)
     fg = cv2.erode(fg, np.ones((3, 3), np.uint8))
-    neck = (np.abs(a) < 0.14) & (d > 0.03) & (d < 0.7)
+    neck = (np.abs(a) < np.where(d < 0.6, 0.14, 0.5)) & (d > 0.03) & (d < 1.1)  # neck, then the chest
     labels[(fg > 0) | neck] = cv2.GC_FGD
     return labels
 
@@ -98,7 +102,7 @@ class ColourSegmenter:
 
     name = "colour"
 
-    def __init__(self, work_size: int = 160, iterations: int = 4, propagate_iterations: int = 1,
+    def __init__(self, work_size: int = 160, iterations: int = 10, propagate_iterations: int = 1,
                  reinit_every: int = 0, guided_radius: float = 1.5, guided_eps: float = 1e-3,
                  seed: int = 0, bounds: BodyBounds | None = DEFAULT_BOUNDS) -> None:
         if work_size < 32:
