@@ -304,7 +304,7 @@ def run_multiview(output: str, cfg: R3PConfig, teacher: str | None = None, sampl
     layout, new = _version(fs, root, fp, data, force)
     fs.create_dir(layout.dir, recursive=True)
     if new:
-        shards.write_json(fs, layout.run_path, {"kind": "views", "schema_version": VIEWS_SCHEMA_VERSION,
+        shards.write_json(fs, layout.run_path, {"kind": "views", "views_schema_version": VIEWS_SCHEMA_VERSION,
                                                 "config_hash": fp, "settings": data,
                                                 "depth_scale": DEPTH_SCALE})
     for t in ("views", "stats"):
@@ -359,3 +359,44 @@ def run_multiview(output: str, cfg: R3PConfig, teacher: str | None = None, sampl
     say(f"r3p multiview: {summary['samples']} samples, {summary['rows']} rows, {summary['failed_samples']} failed; "
         f"{published_now} shards in {wall:.1f} s; sheet {summary['sheet']}")
     return summary
+
+
+def is_views_dataset(location: str) -> bool:
+    """True when OUTPUT (latest version) or OUTPUT/vNNN is a `r3p multiview` dataset."""
+    try:
+        layout = shards.open_dataset(location, check_schema=False)
+    except FileNotFoundError:
+        return False
+    return shards.read_json(layout.fs, layout.run_path).get("kind") == "views"
+
+
+def inspect_views(location: str, sheet_path: str | None = None, samples: int = 4) -> dict[str, Any]:
+    """Report on a views dataset (counts, teacher, face model, camera sources) and write its sheet."""
+    layout = shards.open_dataset(location, check_schema=False)
+    run = shards.read_json(layout.fs, layout.run_path)
+    if run.get("views_schema_version") != VIEWS_SCHEMA_VERSION:
+        raise MultiviewError(f"{layout.uri} has views schema version {run.get('views_schema_version')}; this r3p "
+                             f"reads version {VIEWS_SCHEMA_VERSION}: re-run `r3p multiview {layout.root} --force`")
+    t = read_views(layout)
+    ok = t.filter(pc.field("status") == "ok")
+    sheet = None
+    if len(ok):
+        sheet = views_sheet(layout, str(sheet_path) if sheet_path else storage.join(layout.dir, "views_sheet.png"),
+                            max_samples=samples)
+    from collections import Counter
+    return {"dataset": layout.uri, "kind": "views", "teacher": run["settings"]["teacher"],
+            "samples": len(set(t["sample_id"].to_pylist())), "rows": len(t),
+            "status": dict(Counter(t["status"].to_pylist())),
+            "camera_source": dict(Counter(x for x in ok["camera_source"].to_pylist())),
+            "face_model": sorted(set(ok["face_model"].to_pylist())), "shards_published": len(shards.published(layout)),
+            "sheet": sheet}
+
+
+def format_views_report(r: dict[str, Any]) -> str:
+    """A few human-readable lines for `r3p inspect` on a views dataset."""
+    return "\n".join([
+        f"views dataset {r['dataset']}: {r['teacher']} teacher, {r['samples']} samples, {r['rows']} rows "
+        f"({', '.join(f'{k} {v}' for k, v in r['status'].items())}), {r['shards_published']} shards",
+        f"cameras: {', '.join(f'{k} {v}' for k, v in r['camera_source'].items()) or 'none'}; face model: "
+        f"{', '.join(r['face_model']) or '-'}" + (" (synthetic heads)" if "synthetic" in r["face_model"] else ""),
+        f"sheet: {r['sheet']}"])

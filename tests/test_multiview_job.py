@@ -10,7 +10,8 @@ import pytest
 
 from pipeline import shards
 from pipeline.config import load_config
-from pipeline.multiview import (MultiviewError, decode_depth, decode_image, read_views, run_multiview)
+from pipeline.multiview import MultiviewError, decode_depth, decode_image, read_views, run_multiview
+from preprocessing.multiview import look_at_camera
 
 SETS = ["face_model.synthetic_size=small", "multiview.image_size=64", "multiview.raw_size=16",
         "multiview.samples_per_shard=2"]
@@ -47,6 +48,13 @@ def test_job_writes_views_resumes_and_reruns_byte_identically(tmp_path, ray_addr
     assert 2.0 < float(np.median(depth[mask])) < 4.5  # the head is ~camera radius away
     assert np.asarray(t["camera"][0].as_py()).shape == (25,)
     assert (out / "v001" / "views_sheet.png").is_file()
+    from pipeline.cli import main
+    assert main(["inspect", str(out)]) == 0
+    from pipeline.multiview import inspect_views
+    rep = inspect_views(str(out), str(tmp_path / "sheet.png"))
+    assert rep["samples"] == 3 and rep["status"] == {"ok": 6} and rep["face_model"] == ["synthetic"]
+    from PIL import Image
+    assert Image.open(tmp_path / "sheet.png").size[0] > 4 * 64  # two views + two depths per row
     # resume: nothing to do
     again = run_multiview(str(out), _cfg(), samples=3, views=2, say=lambda *_: None)
     assert again["published_now"] == 0 and again["rows"] == 6
@@ -63,15 +71,35 @@ def test_job_writes_views_resumes_and_reruns_byte_identically(tmp_path, ray_addr
     assert s3["dataset"].endswith("v002") and s3["rows"] == 6
 
 
-def test_poses_from_a_dataset(tmp_path, ray_address, monkeypatch):
-    """With --poses, about real_pose_fraction of the views take a frame's eg3d_cam."""
-    import pipeline.multiview as mvjob
-    from preprocessing.multiview import look_at_camera
-    bank = np.stack([look_at_camera(0.1, -0.2, 2.9), look_at_camera(-0.05, 0.25, 2.8)])
-    monkeypatch.setattr(mvjob, "load_pose_bank", lambda location: bank)
+def _pose_dataset(root) -> np.ndarray:
+    """A preprocessed-dataset version with one clip of 3 frames (stand-in record); returns its cameras."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent))
+    from clip_records import make_record
+
+    from pipeline import schema, storage
+    fs, path = storage.resolve(str(root))
+    layout = shards.Layout(fs, path, 1)
+    clip = {"clip_id": "0123456789abcdef", "source": "/d/a.mp4", "rel_path": "a.mp4", "dataset": "d", "split": "train",
+            "speaker_id": "s", "start_s": 0.0, "end_s": None, "shard_id": "train-00000"}
+    run = {"pipeline_version": "r3p test", "config_hash": "cafe"}
+    rec = make_record(n_frames=3, seed=1)
+    rec.eg3d_cam = np.stack([look_at_camera(0.1 * i, -0.2 + 0.2 * i, 2.8) for i in range(3)])
+    clips, frames = schema.record_tables(rec, clip, run)
+    shards.write_shard(layout, "train-00000", clips, frames, {"clips": 1, "ok": 1, "failed": 0})
+    shards.write_json(fs, layout.run_path, {"schema_version": schema.SCHEMA_VERSION, "config_hash": "cafe"})
+    return rec.eg3d_cam
+
+
+def test_poses_from_a_dataset(tmp_path, ray_address):
+    """With --poses DATASET and real_pose_fraction 1, every view takes one of its frames' eg3d_cam."""
+    bank = _pose_dataset(tmp_path / "ds")
     s = run_multiview(str(tmp_path / "v"), _cfg("multiview.real_pose_fraction=1.0"), samples=2, views=2,
-                      poses="stand-in", say=lambda *_: None)
+                      poses=str(tmp_path / "ds"), say=lambda *_: None)
     t = read_views(shards.open_dataset(s["dataset"], check_schema=False))
-    assert set(t["camera_source"].to_pylist()) == {"real"}
+    assert set(t["camera_source"].to_pylist()) == {"real"} and len(t) == 4
     for cam in t["camera"].to_pylist():
         assert any(np.allclose(cam, b) for b in bank)
+    with pytest.raises(FileNotFoundError, match="no r3p dataset"):
+        run_multiview(str(tmp_path / "v2"), _cfg(), samples=1, poses=str(tmp_path / "missing"), say=lambda *_: None)
