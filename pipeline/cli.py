@@ -175,6 +175,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"{rep['status']} in {meta['dataset_seconds']:.0f} s; errors: "
           + (", ".join(f"{e['error']} x{e['count']}" for e in rep["top_errors"]) or "none"))
     print(f"dataset sheet (r3p inspect): {meta['dataset_sheet']}")
+    mv = meta["views_summary"]
+    print(f"multi-view set (r3p multiview, morphable teacher, poses from the dataset): {meta['views']} — "
+          f"{mv['samples']} samples, {mv['rows']} views, {mv['failed_samples']} failed, in {mv['wall_s']:.0f} s")
+    print(f"multi-view sheet: {meta['views_sheet']}")
     return 0
 
 
@@ -194,7 +198,12 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from pipeline.inspect import format_report, inspect_dataset
+    from pipeline.multiview import format_views_report, inspect_views, is_views_dataset
 
+    if is_views_dataset(args.output):
+        report = inspect_views(args.output, args.sheet, samples=args.samples)
+        print(json.dumps(report, indent=2) if args.json else format_views_report(report))
+        return 0
     report = inspect_dataset(args.output, args.sheet, samples=args.samples, seed=args.seed)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0

@@ -71,6 +71,7 @@ def run_demo(cfg: R3PConfig, out_dir: Path) -> dict:
     meta.update(geometry_demo(cfg, model, face3d, out_dir))
     meta.update(clip_demo(cfg, model, Path(meta["tracked_video"]), out_dir))
     meta.update(preprocess_demo(cfg, Path(meta["corpus"]), out_dir))
+    meta.update(multiview_demo(cfg, Path(meta["dataset"]), out_dir))
     meta["total_seconds"] = round(time.perf_counter() - t0, 3)
     (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2))
     (out_dir / "config.yaml").write_text(config_to_yaml(cfg))
@@ -140,6 +141,18 @@ def clip_demo(cfg: R3PConfig, model, video: Path, out_dir: Path) -> dict:
         "clip_stage_seconds": rec.timings,
         "clip_encoded_mib": round(rec.encoded_bytes() / 2**20, 2),
     }
+
+
+def multiview_demo(cfg: R3PConfig, dataset: Path, out_dir: Path) -> dict:
+    """`r3p multiview` with the morphable teacher, half the views posed like the demo dataset's frames."""
+    import shutil
+
+    from pipeline.multiview import run_multiview
+
+    views = out_dir / "views"
+    shutil.rmtree(views, ignore_errors=True)  # the demo starts over; real runs resume instead
+    summary = run_multiview(str(views), cfg, teacher="morphable", poses=str(dataset), say=lambda *_: None)
+    return {"views": summary["dataset"], "views_summary": summary, "views_sheet": summary["sheet"]}
 
 
 def preprocess_demo(cfg: R3PConfig, corpus: Path, out_dir: Path) -> dict:
