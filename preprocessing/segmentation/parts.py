@@ -78,11 +78,10 @@ class HeadFrame:
         """Head-frame coordinates (a along `right`, b along `down`) in `unit` px (default: face
         widths), of every pixel centre of an (h, w) image whose pixels are `scale` × the landmarks'."""
         unit = self.face_w if unit is None else float(unit)
-        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-        x = (xs + 0.5) / scale - self.origin[0]
-        y = (ys + 0.5) / scale - self.origin[1]
-        a = (x * self.right[0] + y * self.right[1]) / unit
-        b = (x * self.down[0] + y * self.down[1]) / unit
+        x = ((np.arange(w, dtype=np.float32) + 0.5) / scale - self.origin[0])[None, :]
+        y = ((np.arange(h, dtype=np.float32) + 0.5) / scale - self.origin[1])[:, None]
+        a = (x * np.float32(self.right[0] / unit) + y * np.float32(self.right[1] / unit)).astype(np.float32)
+        b = (x * np.float32(self.down[0] / unit) + y * np.float32(self.down[1] / unit)).astype(np.float32)
         return a, b
 
     def points(self, pts: np.ndarray, unit: float | None = None) -> np.ndarray:
@@ -145,9 +144,28 @@ def _lateral(hf: HeadFrame, u: float, bounds: BodyBounds) -> tuple[float, float,
     return left, right, brow
 
 
-def _neck_cut(hf: HeadFrame, a: np.ndarray, b: np.ndarray, u: float, margin: float) -> np.ndarray:
-    """True above the neck cut: the jaw contour pushed `margin` down, and the chin line beside it."""
-    return b <= np.minimum(jaw_depth(hf, a, unit=u) + margin, hf.chin / u + margin)
+def body_regions(hf: HeadFrame, h: int, w: int, margin: float = 0.03, scale: float = 1.0,
+                 bounds: BodyBounds = DEFAULT_BOUNDS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(head, torso, neck) regions (h, w) bool of an image whose pixels are `scale` × the
+    landmarks': see `head_region`, `torso_region`; neck is a strip just under the chin."""
+    u = hf.size
+    a, b = hf.coords(h, w, scale, unit=u)
+    left, right, brow = _lateral(hf, u, bounds)
+    chin = hf.chin / u
+    above = b <= np.minimum(jaw_depth(hf, a, unit=u), chin) + margin  # the neck cut
+    # head: a half-ellipse over the brow line (0 at the brows, 1 at the allowance's top), a band below
+    half = np.where(a < 0, left, right)
+    rise = np.clip((brow - b) / bounds.hair_top, 0.0, None)
+    head = above & ((a / half) ** 2 + rise ** 2 <= 1.0)
+    # torso: under the head's allowance below the cut, and the neck/shoulder/arm band
+    d = b - chin + bounds.shoulder_rise  # depth below the torso's top
+    grow = np.clip(d / bounds.shoulder_depth, 0.0, 1.0)
+    band = (bounds.neck_half + (bounds.shoulder_half - bounds.neck_half) * grow
+            + bounds.arm_spread * np.clip(d - bounds.shoulder_depth, 0.0, None))
+    aa = np.abs(a)
+    torso = (~above & (a >= -left) & (a <= right)) | ((d >= 0) & (aa <= band))
+    neck = (aa < 0.2) & (b > chin) & (b < chin + 0.3)
+    return head, torso, neck
 
 
 def head_region(hf: HeadFrame, h: int, w: int, margin: float = 0.03, scale: float = 1.0,
@@ -160,12 +178,7 @@ def head_region(hf: HeadFrame, h: int, w: int, margin: float = 0.03, scale: floa
     jaw ends (each side separately, so a turned head keeps its asymmetry), and a band of that width
     below the brows; all in face sizes s.
     """
-    u = hf.size
-    a, b = hf.coords(h, w, scale, unit=u)
-    left, right, brow = _lateral(hf, u, bounds)
-    half = np.where(a < 0, left, right)
-    rise = np.clip((brow - b) / bounds.hair_top, 0.0, None)  # 0 at the brows, 1 at the allowance's top
-    return _neck_cut(hf, a, b, u, margin) & ((a / half) ** 2 + rise ** 2 <= 1.0)
+    return body_regions(hf, h, w, margin, scale, bounds)[0]
 
 
 def torso_region(hf: HeadFrame, h: int, w: int, margin: float = 0.03, scale: float = 1.0,
@@ -178,32 +191,25 @@ def torso_region(hf: HeadFrame, h: int, w: int, margin: float = 0.03, scale: flo
     `shoulder_depth`, then by `arm_spread` per s further down (shoulders, arms; a raised shoulder
     beside the jaw included).
     """
-    u = hf.size
-    a, b = hf.coords(h, w, scale, unit=u)
-    left, right, _ = _lateral(hf, u, bounds)
-    below = ~_neck_cut(hf, a, b, u, margin)
-    d = b - hf.chin / u + bounds.shoulder_rise  # depth below the torso's top
-    grow = np.clip(d / bounds.shoulder_depth, 0.0, 1.0)
-    half = (bounds.neck_half + (bounds.shoulder_half - bounds.neck_half) * grow
-            + bounds.arm_spread * np.clip(d - bounds.shoulder_depth, 0.0, None))
-    column = (a >= -left) & (a <= right)
-    return (below & column) | ((d >= 0) & (np.abs(a) <= half))
+    return body_regions(hf, h, w, margin, scale, bounds)[1]
 
 
 def person_region(hf: HeadFrame, h: int, w: int, scale: float = 1.0,
                   bounds: BodyBounds = DEFAULT_BOUNDS) -> np.ndarray:
     """Where any part of the person may be (h, w) bool: the head region or the torso region."""
-    return head_region(hf, h, w, scale=scale, bounds=bounds) | torso_region(hf, h, w, scale=scale, bounds=bounds)
+    head, torso, _ = body_regions(hf, h, w, scale=scale, bounds=bounds)
+    return head | torso
 
 
 def connected_to(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
     """The 8-connected components of `mask` (H, W) bool that contain a pixel of `seed` (H, W) bool."""
     if not mask.any() or not (mask & seed).any():
         return np.zeros_like(mask, dtype=bool)
-    _, lab = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
-    keep = np.unique(lab[mask & seed])
-    keep = keep[keep > 0]
-    return np.isin(lab, keep)
+    n, lab = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    lut = np.zeros(n, bool)
+    lut[lab[mask & seed]] = True
+    lut[0] = False
+    return lut[lab]
 
 
 def _check_mask(name: str, m, shape: tuple[int, int]) -> np.ndarray:
@@ -234,7 +240,7 @@ def split_parts(person_alpha: np.ndarray, landmarks: np.ndarray, face_mask: np.n
         raise ValueError(f"landmarks must have shape (68, 2), got {lm.shape}")
     person = alpha >= threshold
     hf = head_frame(lm)
-    region = head_region(hf, h, w, bounds=bounds) if hf is not None else None
+    region, torso_ok, neck = body_regions(hf, h, w, bounds=bounds) if hf is not None else (None, None, None)
     if classes is not None:
         cls = _check_mask("classes", classes, (h, w)).astype(np.uint8)
         core = (cls == HAIR) | (cls == FACE_SKIN)
@@ -255,18 +261,9 @@ def split_parts(person_alpha: np.ndarray, landmarks: np.ndarray, face_mask: np.n
         face |= person & fm
     head = connected_to((person & region) | face, face) | face
     # the torso: below the chin within the shoulder band, connected to the neck or the head
-    allowed = person & ~head & torso_region(hf, h, w, bounds=bounds)
     touch = cv2.dilate(head.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-    torso = connected_to(allowed, touch | _neck_seed(hf, h, w))
+    torso = connected_to(person & ~head & torso_ok, touch | neck)
     return head, torso
-
-
-def _neck_seed(hf: HeadFrame, h: int, w: int) -> np.ndarray:
-    """A small strip just under the chin (the neck), seeding the torso's connected components."""
-    u = hf.size
-    a, b = hf.coords(h, w, unit=u)
-    d = b - hf.chin / u
-    return (np.abs(a) < 0.2) & (d > 0.0) & (d < 0.3)
 
 
 def inpaint_torso(frame: np.ndarray, head: np.ndarray, torso: np.ndarray, max_extend: float = 0.15,
