@@ -302,3 +302,24 @@ def test_cli_convert_eg3d(tmp_path, capsys):
     assert main(["assets", "convert-eg3d", str(evil)]) == 2
     assert "refusing to load global 'builtins.exec'" in capsys.readouterr().err
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "ran").exists()
+
+
+def test_resampling_and_modulated_conv_analytic():
+    """×2 FIR upsampling keeps a constant image constant (gain 4 on the zero-inserted grid); the
+    upsampling conv doubles the size; demodulation makes each output map's weights unit-norm."""
+    from preprocessing.eg3d.layers import modulated_conv2d, setup_filter, upsample2d
+    f = setup_filter()
+    y = upsample2d(torch.ones(1, 2, 8, 8), f)
+    assert y.shape == (1, 2, 16, 16) and torch.allclose(y[..., 2:-2, 2:-2], torch.ones(1, 2, 12, 12))
+    torch.manual_seed(0)
+    w = torch.randn(3, 4, 3, 3)
+    s = torch.rand(2, 4) + 0.5
+    x = torch.zeros(2, 4, 6, 6)
+    x[:, :, 3, 3] = 1.0  # an impulse: the output is the (modulated, demodulated) kernel itself
+    out = modulated_conv2d(x, w, s, padding=1)
+    k = out[:, :, 2:5, 2:5]  # (B, out, 3, 3) = flipped kernel · style / norm summed over inputs
+    expect = (w[None] * s[:, None, :, None, None])
+    expect = expect / expect.square().sum(dim=[2, 3, 4], keepdim=True).sqrt()
+    assert torch.allclose(k, expect.sum(2).flip(-1, -2), atol=1e-5)
+    up = modulated_conv2d(torch.randn(2, 4, 5, 5), w, s, padding=1, up=2, resample_filter=f)
+    assert up.shape == (2, 3, 10, 10)

@@ -103,3 +103,25 @@ def test_poses_from_a_dataset(tmp_path, ray_address):
         assert any(np.allclose(cam, b) for b in bank)
     with pytest.raises(FileNotFoundError, match="no r3p dataset"):
         run_multiview(str(tmp_path / "v2"), _cfg(), samples=1, poses=str(tmp_path / "missing"), say=lambda *_: None)
+
+
+def test_eg3d_teacher_through_the_job(tmp_path, ray_address):
+    """The EG3D path end to end: a stand-in checkpoint converted into R3P_HOME, rendered by the job."""
+    import os
+    from pathlib import Path
+
+    from test_eg3d import _randomised_tiny, write_stand_in
+
+    from pipeline.eg3d_convert import convert_eg3d
+    home = Path(os.environ["R3P_HOME"])
+    (home / "eg3d").mkdir(parents=True)
+    pkl = home / "eg3d" / "ffhqrebalanced512-128.pkl"
+    write_stand_in(pkl, _randomised_tiny(2), tmp_path / "ran")
+    convert_eg3d(pkl)
+    s = run_multiview(str(tmp_path / "v"), _cfg(), teacher="eg3d", samples=2, views=2, say=lambda *_: None)
+    assert s["failed_samples"] == 0 and s["rows"] == 4 and s["face_model"] == "eg3d"
+    t = read_views(shards.open_dataset(s["dataset"], check_schema=False))
+    assert decode_image(t["image"][0].as_py()).shape == (64, 64, 3)  # the stand-in's SR size
+    assert decode_image(t["opacity"][0].as_py()).shape == (16, 16)
+    assert np.isfinite(np.asarray(t["cond_camera"][0].as_py())).all()
+    assert not (tmp_path / "ran").exists()
