@@ -189,3 +189,11 @@ def test_deterministic_without_perturbation():
 def test_bad_camera_shape_is_named():
     with pytest.raises(ValueError, match="25"):
         ray_bundle(torch.zeros(1, 16), 4)
+
+
+def test_render_sizes_from_config():
+    from pipeline.config import load_config
+    tiny, paper = load_config("tiny").triplane.options(), load_config("paper").triplane.options()
+    assert (tiny.resolution, tiny.samples_coarse, tiny.samples_fine) == (32, 16, 16)
+    assert (paper.resolution, paper.samples_coarse, paper.samples_fine, paper.box_warp) == (128, 48, 48, 1.0)
+    assert paper.ray_start is None  # near/far from the box, as Real3D-Portrait renders
