@@ -22,7 +22,12 @@ is the working tree's. Both run on the same inputs:
   - `bg_person`, `bg_head`, `bg_torso`: fraction of hand-marked background boxes (walls, flags,
     lamp; in the photos' pixels, listed in `PHOTOS`) covered by the matte / head / torso.
 
-    python benchmarks/segmentation.py [--before REV] [--identities 3] [--seconds 2] [--frames 8] [--json OUT]
+- the real path: each photo as a 1 s video (the same zoom and pan over the whole photo) through
+  `process_clip` (tracking, 3DMM fit, fitted face silhouettes, segmentation, split; tiny preset):
+  the fraction of the background boxes labelled head / torso, and of the top row labelled head.
+
+    python benchmarks/segmentation.py [--before REV] [--identities 3] [--seconds 2] [--frames 8]
+                                      [--crop-scales 3,4.5] [--pipeline-frames 25] [--json OUT]
 """
 
 from __future__ import annotations
@@ -240,6 +245,68 @@ def photo_scores(seg_pkg, frames, lm, inside, bg) -> dict[str, float]:
     return {k: float(np.mean(v)) for k, v in out.items()}
 
 
+def photo_video(name: str, n_frames: int, work: Path) -> tuple[Path, np.ndarray]:
+    """The whole photo as a short mp4 (25 fps, a slow 6% zoom-in with a small pan) and the scene's
+    background boxes warped the same way (n, H, W) bool."""
+    import cv2
+    from PIL import Image
+
+    from preprocessing.video import encode_mp4
+
+    package, rel, boxes, _ = PHOTOS[name]
+    img = np.asarray(Image.open(photo_path(package, rel)).convert("RGB"))
+    h, w = (img.shape[0] // 2) * 2, (img.shape[1] // 2) * 2
+    img = np.ascontiguousarray(img[:h, :w])
+    bg = np.zeros((h, w), np.uint8)
+    for x0, y0, x1, y1 in boxes:
+        bg[y0:y1, x0:x1] = 255
+    frames, bgs = [], []
+    for t in range(n_frames):
+        f = t / max(n_frames - 1, 1)
+        m = cv2.getRotationMatrix2D((w / 2, h / 2), 0.0, 1.0 + 0.06 * f)
+        m[0, 2] += 0.02 * w * np.sin(2 * np.pi * f)
+        frames.append(cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT))
+        bgs.append(cv2.warpAffine(bg, m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0) > 127)
+    quiet = np.random.default_rng(0).normal(0.0, 0.01, int(n_frames / 25.0 * 16000)).astype(np.float32)  # the job needs audio
+    path = encode_mp4(work / f"{name}.mp4", np.stack(frames), 25.0, audio=quiet)
+    return path, np.stack(bgs)
+
+
+def pipeline_scores(pkgs: dict, n_frames: int, work: Path) -> dict:
+    """Each photo as a video through `process_clip` (detect, track, fit, the fitted face silhouettes,
+    segment, split; tiny preset), with each package's colour segmenter and split: the fraction of the
+    background boxes labelled head / torso in the record's seg_png, and of the top row labelled head."""
+    import preprocessing.process as process_mod
+    from pipeline.config import load_config
+    from pipeline.process import make_processor
+    from preprocessing.landmarks.tracking import CropBox, crop_frames
+    from preprocessing.process import decode_image
+    from preprocessing.record import SEG_HEAD, SEG_TORSO
+
+    proc = make_processor(load_config("tiny"))
+    original = process_mod.split_parts
+    out: dict = {}
+    try:
+        for name in PHOTOS:
+            path, bgs = photo_video(name, n_frames, work)
+            for k, pkg in pkgs.items():
+                proc.segmenter = pkg.make_segmenter("colour")
+                process_mod.split_parts = pkg.split_parts
+                rec = proc(path)
+                box = CropBox.from_array(rec.crop_box)
+                back = crop_frames(np.repeat(bgs[..., None].astype(np.uint8) * 255, 3, -1), box, rec.crop_size)[..., 0]
+                labels = np.stack([decode_image(b) for b in rec.seg_png])
+                n = max(int((back > 127).sum()), 1)
+                out.setdefault(name, {})[k] = {
+                    "bg_head": float(((labels == SEG_HEAD) & (back > 127)).sum() / n),
+                    "bg_torso": float(((labels == SEG_TORSO) & (back > 127)).sum() / n),
+                    "head_top": float((labels[:, 0] == SEG_HEAD).mean()),
+                    "frames": int(rec.n_frames)}
+    finally:
+        process_mod.split_parts = original
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--before", default=BEFORE, help="git revision of the 'before' segmentation package")
@@ -247,6 +314,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--frames", type=int, default=8, help="frames per real-photo clip")
     ap.add_argument("--crop-scales", default="3,4.5", help="real-photo framings: crop side / face width")
+    ap.add_argument("--pipeline-frames", type=int, default=25,
+                    help="frames of each photo's video through process_clip (0: skip the real path)")
     ap.add_argument("--work", default=None, help="folder to keep the synthetic corpus in (reused)")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
@@ -288,6 +357,13 @@ def main() -> None:
             agg = {m: float(np.mean([r[k][m] for r in sel])) for m in sel[0][k]}
             results.setdefault("real_mean", {}).setdefault(f"@{float(scale):g}", {})[k] = agg
             print(f"  {'mean @' + f'{float(scale):g}':16s} {k:6s} " + " ".join(f"{v:.3f}" for v in agg.values()))
+    if args.pipeline_frames:
+        print(f"real photos through process_clip ({args.pipeline_frames}-frame videos, fitted face): "
+              "bg_head bg_torso head_top")
+        results["pipeline"] = pipeline_scores(pkgs, args.pipeline_frames, work)
+        for name, r in results["pipeline"].items():
+            for k in pkgs:
+                print(f"  {name:16s} {k:6s} {r[k]['bg_head']:.3f} {r[k]['bg_torso']:.3f} {r[k]['head_top']:.3f}")
     print(f"done in {time.perf_counter() - t0:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
