@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/preprocess.py
 	$(BIN)/python benchmarks/metrics.py
 	$(BIN)/python benchmarks/multiview.py
+	$(BIN)/python benchmarks/segmentation.py
 
 clean-venv:
 	rm -rf $(VENV)

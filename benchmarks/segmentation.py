@@ -75,8 +75,12 @@ def load_rev(rev: str, work: Path):
     name = "seg_" + "".join(c if c.isalnum() else "_" for c in rev)
     pkg = work / name
     pkg.mkdir(parents=True, exist_ok=True)
-    files = subprocess.run(["git", "-C", str(ROOT), "ls-tree", "--name-only", rev, "preprocessing/segmentation/"],
-                           check=True, capture_output=True, text=True).stdout.split()
+    try:
+        files = subprocess.run(["git", "-C", str(ROOT), "ls-tree", "--name-only", rev, "preprocessing/segmentation/"],
+                               check=True, capture_output=True, text=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise SystemExit(f"cannot read preprocessing/segmentation at git revision {rev!r} ({e}); run from a git "
+                         "checkout that has it, or pass --before none to measure the working tree only") from e
     for f in files:
         if f.endswith(".py"):
             src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{f}"], check=True,
@@ -309,7 +313,7 @@ def pipeline_scores(pkgs: dict, n_frames: int, work: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--before", default=BEFORE, help="git revision of the 'before' segmentation package")
+    ap.add_argument("--before", default=BEFORE, help="git revision of the 'before' segmentation package ('none': skip)")
     ap.add_argument("--identities", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--frames", type=int, default=8, help="frames per real-photo clip")
@@ -330,8 +334,9 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory()
     work = Path(args.work or tmp.name)
     work.mkdir(parents=True, exist_ok=True)
-    before = load_rev(args.before, Path(tmp.name) / "revs")
-    pkgs = {"before": before, "after": after}
+    pkgs = {"after": after}
+    if args.before.lower() != "none":
+        pkgs = {"before": load_rev(args.before, Path(tmp.name) / "revs"), "after": after}
     results: dict = {"before_rev": args.before, "synthetic": {}, "real": {}}
     t0 = time.perf_counter()
     print(f"synthetic clips ({args.identities} identities × {args.seconds:g} s, 512²): IoU mean / worst frame")
