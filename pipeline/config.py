@@ -257,6 +257,25 @@ class TrainingConfig(_Section):
         return self
 
 
+class EvaluateConfig(_Section):
+    """`r3p evaluate`: split, protocols, models, Ray actors and MLflow of the evaluation job."""
+
+    split: Literal["train", "val", "test", "all"] = Field("test", description="clips evaluated")
+    protocols: str = Field("self,cross,audio", description="comma-separated: self, cross, audio")
+    models: list[str] = Field(["static", "ground_truth"], description="models evaluated side by side (baselines: "
+                              "static, ground_truth; both always run)")
+    limit: int | None = Field(None, ge=1, description="evaluate only the first N clips (sorted by id)")
+    max_frames: int = Field(50, ge=2, le=100_000, description="valid frames per clip scored (from the start)")
+    actors: int = Field(1, ge=1, le=4096, description="metric actors (each loads the metric networks once)")
+    actor_num_cpus: float = Field(1.0, gt=0.0)
+    actor_num_gpus: float = Field(0.0, ge=0.0)
+    threads: int = Field(1, ge=1, le=256, description="torch threads per actor")
+    strip_clips: int = Field(3, ge=0, le=50, description="clips with frame strips in the report (per protocol)")
+    strip_frames: int = Field(4, ge=1, le=16, description="frames per strip")
+    tracking_uri: str | None = Field(None, description="MLflow (default: sqlite:///<dataset root>/mlflow.db)")
+    experiment: str = Field("r3p-evaluate", description="MLflow experiment")
+
+
 class R3PConfig(_Section):
     """The whole configuration."""
 
@@ -276,6 +295,7 @@ class R3PConfig(_Section):
     demo: DemoConfig = Field(default_factory=DemoConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     triplane: TriplaneConfig = Field(default_factory=TriplaneConfig)
     multiview: MultiviewConfig = Field(default_factory=MultiviewConfig)
 
