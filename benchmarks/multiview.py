@@ -49,7 +49,8 @@ def bench_morphable(samples: int, views: int, size: int) -> dict:
         downsample(v.image, 128)
         times.append(time.perf_counter() - t0)
     best, med = min(times), statistics.median(times)
-    return {"teacher": "morphable", "size": size, "views": views, "face_model": "synthetic" if model.synthetic else "bfm",
+    return {"teacher": "morphable", "size": size, "views": views,
+            "face_model": "synthetic" if model.synthetic else "bfm",
             "s_per_sample_best": best, "s_per_sample_median": med, "samples_per_s_per_core": 1.0 / med,
             "samples_per_s_per_core_best": 1.0 / best}
 
@@ -107,7 +108,8 @@ def main() -> int:
         import torch
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         for dev in devices:
-            results.append(bench_eg3d(args.eg3d_samples if dev == "cpu" else max(args.eg3d_samples, 5), args.threads, dev))
+            n = args.eg3d_samples if dev == "cpu" else max(args.eg3d_samples, 5)
+            results.append(bench_eg3d(n, args.threads, dev))
             r = results[-1]
             where = f"CPU, {r['threads']} threads" if dev == "cpu" else torch.cuda.get_device_name(0)
             print(f"EG3D generator, paper size ({r['params'] / 1e6:.1f}M params, random weights), {where}: "

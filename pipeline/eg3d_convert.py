@@ -45,7 +45,8 @@ class PersistentObject:
 
     def __init__(self, meta: dict):
         if not isinstance(meta, dict) or meta.get("type") != "class":
-            raise UnsafePickleError(f"unexpected persistent object metadata (type {meta.get('type') if isinstance(meta, dict) else type(meta).__name__!r}); "
+            kind = meta.get("type") if isinstance(meta, dict) else type(meta).__name__
+            raise UnsafePickleError(f"unexpected persistent object metadata (type {kind!r}); "
                                     "only persistent classes are supported")
         self.class_name = str(meta.get("class_name"))
         self.state = meta.get("state") or {}

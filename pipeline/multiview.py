@@ -352,7 +352,8 @@ def run_multiview(output: str, cfg: R3PConfig, teacher: str | None = None, sampl
     summary = {"dataset": layout.uri, "teacher": mv.teacher, "samples": len(set(table["sample_id"].to_pylist())),
                "rows": len(table), "failed_samples": len(set(table.filter(pc.not_equal(
                    table["status"], "ok"))["sample_id"].to_pylist())), "published_now": published_now,
-               "wall_s": round(wall, 2), "samples_per_s": round(sum(c for s, _, c in todo) / wall, 3) if todo and wall > 0 else None,
+               "wall_s": round(wall, 2),
+               "samples_per_s": round(sum(c for _, _, c in todo) / wall, 3) if todo and wall > 0 else None,
                "face_model": (ok_rows["face_model"][0].as_py() if len(ok_rows) else None),
                "sheet": sheet if len(ok_rows) else None}
     shards.write_json(fs, layout.summary_path, summary)

@@ -77,7 +77,8 @@ class CameraDistribution:
             raise ValueError(f"real_pose_fraction must be in [0, 1], got {self.real_pose_fraction}")
 
 
-def _uniform_camera(rng: np.random.Generator, pitch_deg: float, yaw_deg: float, radius: tuple[float, float]) -> np.ndarray:
+def _uniform_camera(rng: np.random.Generator, pitch_deg: float, yaw_deg: float,
+                    radius: tuple[float, float]) -> np.ndarray:
     pitch = math.radians(rng.uniform(-pitch_deg, pitch_deg))
     yaw = math.radians(rng.uniform(-yaw_deg, yaw_deg))
     return look_at_camera(pitch, yaw, rng.uniform(*radius))

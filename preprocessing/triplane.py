@@ -105,7 +105,8 @@ def triplane_field(planes: torch.Tensor, decoder: Callable, box_warp: float = 1.
 def split_camera(cameras: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, 25) EG3D cameras → cam2world (B, 4, 4) and normalised intrinsics (B, 3, 3)."""
     if cameras.ndim != 2 or cameras.shape[1] != 25:
-        raise ValueError(f"cameras must be (B, 25) EG3D vectors (cam2world 16 + intrinsics 9), got {tuple(cameras.shape)}")
+        raise ValueError("cameras must be (B, 25) EG3D vectors (cam2world 16 + intrinsics 9), "
+                         f"got {tuple(cameras.shape)}")
     return cameras[:, :16].reshape(-1, 4, 4), cameras[:, 16:].reshape(-1, 3, 3)
 
 
@@ -135,7 +136,8 @@ def project_points(points: torch.Tensor, cameras: torch.Tensor, resolution: int)
                         cam[..., 2]], -1)
 
 
-def ray_box_limits(origins: torch.Tensor, dirs: torch.Tensor, box: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def ray_box_limits(origins: torch.Tensor, dirs: torch.Tensor,
+                   box: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Entry and exit distances (…, 1) of rays through the box [-box/2, box/2]³ and whether they hit it."""
     half = box / 2
     inv = 1.0 / torch.where(dirs.abs() < 1e-12, torch.full_like(dirs, 1e-12), dirs)
@@ -266,7 +268,8 @@ def render_field(field: Field, cameras: torch.Tensor, options: RenderOptions = R
 
 
 def render(planes: torch.Tensor, cameras: torch.Tensor, decoder: Callable,
-           options: RenderOptions = RenderOptions(), generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+           options: RenderOptions = RenderOptions(),
+           generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """Render tri-planes (B, 3, C, H, W) through `decoder` for (B, 25) EG3D cameras (see `render_field`)."""
     if cameras.shape[0] != planes.shape[0]:
         raise ValueError(f"planes and cameras need the same batch size, got {planes.shape[0]} and {cameras.shape[0]}")

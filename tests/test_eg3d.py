@@ -33,7 +33,8 @@ def _layer(prefix: str, cin: int, cout: int, res: int, w_dim: int = 512) -> dict
 
 
 def _block(prefix: str, cin: int, cout: int, res: int, img: int, w_dim: int = 512) -> dict[str, tuple]:
-    t = {f"{prefix}.resample_filter": (4, 4), f"{prefix}.torgb.weight": (img, cout, 1, 1), f"{prefix}.torgb.bias": (img,),
+    t = {f"{prefix}.resample_filter": (4, 4), f"{prefix}.torgb.weight": (img, cout, 1, 1),
+         f"{prefix}.torgb.bias": (img,),
          f"{prefix}.torgb.affine.weight": (cout, w_dim), f"{prefix}.torgb.affine.bias": (cout,)}
     if cin == 0:
         t[f"{prefix}.const"] = (cout, res, res)
@@ -45,7 +46,8 @@ def _block(prefix: str, cin: int, cout: int, res: int, img: int, w_dim: int = 51
 
 def official_table() -> dict[str, tuple]:
     """ffhqrebalanced512-128: z = w = 512, 25-d camera embedding, 2 mapping layers, synthesis 4²…256²
-    with channels min(32768/res, 512) and 96 output channels, decoder 32→64→33, SR 32→256 (256²)→128 (512²)."""
+    with channels min(32768/res, 512) and 96 output channels, decoder 32→64→33,
+    SR 32→256 (256²)→128 (512²)."""
     t = {"backbone.mapping.embed.weight": (512, 25), "backbone.mapping.embed.bias": (512,),
          "backbone.mapping.fc0.weight": (512, 1024), "backbone.mapping.fc0.bias": (512,),
          "backbone.mapping.fc1.weight": (512, 512), "backbone.mapping.fc1.bias": (512,),
@@ -145,12 +147,16 @@ def _tiny_init_kwargs(mods, cfg: EG3DConfig) -> dict:
     return {"z_dim": cfg.z_dim, "w_dim": cfg.w_dim, "c_dim": 25, "img_resolution": cfg.img_resolution,
             "img_channels": 3, "sr_num_fp16_res": 4, "mapping_kwargs": easy(num_layers=cfg.mapping_layers),
             "rendering_kwargs": {"image_resolution": cfg.img_resolution, "disparity_space_sampling": False,
-                                 "clamp_mode": "softplus", "superresolution_module": "training.superresolution.SuperresolutionHybrid8XDC",
+                                 "clamp_mode": "softplus",
+                                 "superresolution_module": "training.superresolution.SuperresolutionHybrid8XDC",
                                  "c_gen_conditioning_zero": False, "c_scale": 1.0, "superresolution_noise_mode": "none",
-                                 "decoder_lr_mul": 1.0, "sr_antialias": True, "depth_resolution": cfg.render.samples_coarse,
-                                 "depth_resolution_importance": cfg.render.samples_fine, "ray_start": 2.25, "ray_end": 3.3,
+                                 "decoder_lr_mul": 1.0, "sr_antialias": True,
+                                 "depth_resolution": cfg.render.samples_coarse,
+                                 "depth_resolution_importance": cfg.render.samples_fine,
+                                 "ray_start": 2.25, "ray_end": 3.3,
                                  "box_warp": 1, "avg_camera_radius": 2.7, "avg_camera_pivot": [0, 0, 0.2]},
-            "sr_kwargs": easy(channel_base=cfg.channel_base, channel_max=cfg.channel_max, fused_modconv_default="inference_only"),
+            "sr_kwargs": easy(channel_base=cfg.channel_base, channel_max=cfg.channel_max,
+                              fused_modconv_default="inference_only"),
             "channel_base": cfg.channel_base, "channel_max": cfg.channel_max, "fused_modconv_default": "inference_only",
             "num_fp16_res": 0, "conv_clamp": None}
 
@@ -180,7 +186,8 @@ def write_stand_in(path: Path, gen: TriPlaneGenerator, marker: Path, payload=Non
 
 def _cams(yaws_deg, pitch_deg=0.0, radius=2.7) -> torch.Tensor:
     from preprocessing.multiview import look_at_camera
-    return torch.as_tensor(np.stack([look_at_camera(math.radians(pitch_deg), math.radians(y), radius) for y in yaws_deg]))
+    cams = [look_at_camera(math.radians(pitch_deg), math.radians(y), radius) for y in yaws_deg]
+    return torch.as_tensor(np.stack(cams))
 
 
 def test_stand_in_pickle_converts_and_loads(tmp_path):

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from pipeline import shards
@@ -39,7 +36,7 @@ def test_job_writes_views_resumes_and_reruns_byte_identically(tmp_path, ray_addr
     layout = shards.open_dataset(str(out), check_schema=False)
     t = read_views(layout)
     assert sorted(shards.published(layout)) == ["morphable-00000000", "morphable-00000002"]
-    assert t["sample_id"].to_pylist() == ["morphable-00000000"] * 2 + ["morphable-00000001"] * 2 + ["morphable-00000002"] * 2
+    assert t["sample_id"].to_pylist() == [f"morphable-0000000{i}" for i in (0, 0, 1, 1, 2, 2)]
     assert t["view"].to_pylist() == [0, 1] * 3 and t["seed"].to_pylist() == [0, 0, 1, 1, 2, 2]
     img = decode_image(t["image"][0].as_py())
     assert img.shape == (64, 64, 3) and decode_image(t["image_raw"][0].as_py()).shape == (16, 16, 3)

@@ -36,7 +36,8 @@ def _constant_sphere(centre, radius: float, density: float):
 
     def field(points):
         inside = (points - c).norm(dim=-1, keepdim=True) <= radius
-        sigma = torch.where(inside, torch.full_like(inside, raw, dtype=points.dtype), torch.full_like(inside, -60.0, dtype=points.dtype))
+        sigma = torch.where(inside, torch.full_like(inside, raw, dtype=points.dtype),
+                            torch.full_like(inside, -60.0, dtype=points.dtype))
         return sigma, torch.zeros(*points.shape[:-1], 3, dtype=points.dtype)
     return field
 

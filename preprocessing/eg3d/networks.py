@@ -110,7 +110,8 @@ class SynthesisNetwork(torch.nn.Module):
             self.num_ws += block.num_conv + (block.num_torgb if res == img_resolution else 0)
             setattr(self, f"b{res}", block)
 
-    def forward(self, ws: torch.Tensor, noise_mode: str = "const", generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(self, ws: torch.Tensor, noise_mode: str = "const",
+                generator: torch.Generator | None = None) -> torch.Tensor:
         ws = ws.to(torch.float32)
         x = img = None
         idx = 0
