@@ -132,7 +132,7 @@ class HeadPrior:
     id_std: float = 1.0
     exp_std: float = 0.3
     tex_std: float = 0.8
-    light_std: float = 0.25  # first-order SH (a dominant direction), same for R, G, B
+    light_std: float = 0.2  # first-order SH (a dominant direction), same for R, G, B
     ambient_std: float = 0.1
 
 
@@ -189,6 +189,7 @@ class MorphableTeacher:
         rng = np.random.default_rng(seed)
         p = self.prior
         light = rng.normal(0.0, p.light_std, 3)
+        light[1] = abs(light[1])  # the n_z band (SH index 2): lit from the front half, never back-lit black
         gamma = np.zeros((3, 9), np.float32)
         gamma[:, 1:4] = light
         gamma[:, 0] = rng.normal(0.0, p.ambient_std)
