@@ -223,6 +223,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from evaluation.generators import GeneratorNotAvailable
+    from evaluation.protocols import ProtocolError
+    from pipeline.evaluate import EvaluateError, format_table, run_evaluate
+    from pipeline.shards import SchemaVersionError
+
+    cfg = _cfg(args)
+    try:
+        s = run_evaluate(args.data, cfg, models=args.model.split(",") if args.model else None,
+                         protocols=args.protocols, split=args.split, limit=args.limit,
+                         tracking_uri=args.tracking_uri, out=args.out, address=args.address)
+    except (EvaluateError, GeneratorNotAvailable, ProtocolError, SchemaVersionError, FileNotFoundError) as exc:
+        print(f"r3p evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(s))
+    print(f"report: {s['report']}")
+    print(f"MLflow: {s['mlflow_tracking_uri']} run {s['mlflow_run_id']}")
+    return 0
+
+
 def cmd_predict_motion(args: argparse.Namespace) -> int:
     from pipeline.predict import predict_motion_file
 
@@ -344,6 +364,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-checkpoint", metavar="RUN_OR_PATH", help="initialise the weights from this checkpoint")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<dataset root>/mlflow.db)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", parents=[cfgp], help="metrics of models and baselines on a dataset split "
+                       "(self, cross, audio protocols) on Ray, logged to MLflow, with report.html",
+                       description="Evaluate on DATA's split: the static-source and ground-truth baselines always, "
+                                   "side by side with --model; per-clip results cached under --out (a re-run "
+                                   "computes only what is missing); MLflow parent run + one nested run per protocol.")
+    p.add_argument("--data", required=True, metavar="DATASET", help="dataset folder (latest version) or OUTPUT/vNNN")
+    p.add_argument("--model", help="comma-separated models: static, ground_truth (trained models: RUN|DIR|champion "
+                                   "once the animate pipeline exists)")
+    p.add_argument("--split", choices=["train", "val", "test", "all"], help="clips evaluated (default evaluate.split)")
+    p.add_argument("--protocols", help="comma-separated: self,cross,audio (default evaluate.protocols)")
+    p.add_argument("--limit", type=int, help="only the first N clips (sorted by id)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<dataset root>/mlflow.db)")
+    p.add_argument("--out", help="evaluation folder (default <dataset version>/evaluations/<split>-<clip list hash>)")
+    p.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict-motion", parents=[cfgp], help="audio -> expression sequence with a trained A2M",
                        description="Compute the audio features of AUDIO (any file ffmpeg reads) with the "

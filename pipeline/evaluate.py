@@ -1,0 +1,569 @@
+"""`r3p evaluate`: the evaluation job — protocols × models on a dataset split, Ray Data actors, MLflow, report.
+
+Items (protocol, driving clip, source clip; `evaluation.protocols`) go through Ray Data to actors
+that load the metric networks once (`resolve_backends`) and the generators; for one item each
+actor reads the clips' rows (`pipeline.shards`), generates with every model, and returns one
+fresh metric state per (model, metric) plus per-clip values and small frame strips. The driver
+writes each item's result to the evaluation's cache (`OUT/cache/<backends signature>/<item>.pkl`,
+so a re-run computes only what is missing), merges the states per (protocol, model) — equal to a
+single pass, see `single_pass` — logs a parent MLflow run with one nested run per protocol, and
+writes `report.html`. A clip that fails is listed with its error; the others still count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from evaluation.generators import BASELINES, GenerationInput, Geometry, load_generator
+from evaluation.protocols import PROTOCOL_METRICS, EvalItem, build_items, clip_list_hash, parse_protocols
+from pipeline import shards
+from pipeline.config import R3PConfig
+
+FRAME_COLUMNS = ["clip_id", "index", "valid", "frame_jpeg", "landmarks", "exp", "euler"]
+AUDIO_COLUMNS = ("mel", "f0", "rms")
+CACHE_FORMAT = 1
+
+
+class EvaluateError(RuntimeError):
+    """The evaluation cannot start (no clips in the split, unknown model); the message says what to do."""
+
+
+# ------------------------------------------------------------------------------------------------
+# reading one clip
+
+
+@dataclass
+class ClipData:
+    """The first valid frames of one clip: RGB frames, their geometry, and the clip's audio features."""
+
+    clip_id: str
+    frames: np.ndarray  # (T, H, W, 3) uint8
+    geometry: Geometry
+    audio: dict[str, np.ndarray]
+
+
+def _shard_files(layout: shards.Layout, table: str) -> list[str]:
+    return [layout.shard_path(table, s) for s in sorted(shards.published(layout))]
+
+
+def load_clip(layout: shards.Layout, clip_id: str, max_frames: int, min_frames: int = 2) -> ClipData:
+    """Frames (valid, with finite landmarks, first `max_frames`), geometry and audio features of `clip_id`."""
+    from preprocessing.process import decode_image
+
+    parts = [pq.read_table(p, filesystem=layout.fs, columns=FRAME_COLUMNS, filters=[("clip_id", "=", clip_id)])
+             for p in _shard_files(layout, "frames")]
+    t = pa.concat_tables(parts) if parts else pa.table({})
+    if t.num_rows == 0:
+        raise ValueError(f"clip {clip_id}: no frame rows in {layout.uri}")
+    t = t.sort_by("index")
+    lm = np.asarray(t["landmarks"].to_pylist(), dtype=np.float64).reshape(-1, 68, 2)
+    ok = np.asarray(t["valid"].to_pylist(), dtype=bool) & np.isfinite(lm).all(axis=(1, 2))
+    idx = np.flatnonzero(ok)[:max_frames]
+    if len(idx) < min_frames:
+        raise ValueError(f"clip {clip_id}: {len(idx)} valid frame(s) with landmarks; at least {min_frames} needed")
+    jpegs = t["frame_jpeg"].to_pylist()
+    frames = np.stack([decode_image(jpegs[i]) for i in idx])
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"clip {clip_id}: frames decode to {frames.shape}, expected RGB (T, H, W, 3)")
+    exp = np.asarray(t["exp"].to_pylist(), dtype=np.float64)[idx]
+    euler = np.asarray(t["euler"].to_pylist(), dtype=np.float64)[idx]
+    audio: dict[str, np.ndarray] = {}
+    cparts = [pq.read_table(p, filesystem=layout.fs, columns=["clip_id", *AUDIO_COLUMNS],
+                            filters=[("clip_id", "=", clip_id)]) for p in _shard_files(layout, "clips")]
+    crow = pa.concat_tables(cparts).to_pylist() if cparts else []
+    if crow:
+        for k in AUDIO_COLUMNS:
+            if crow[0][k] is not None:
+                audio[k] = np.asarray(crow[0][k], dtype=np.float32)
+    return ClipData(clip_id, frames, Geometry(lm[idx], exp, euler), audio)
+
+
+# ------------------------------------------------------------------------------------------------
+# scoring one item (what an actor does)
+
+
+@dataclass
+class ItemResult:
+    """One item's outcome: per model, metric states / per-clip values / reasons a metric did not run."""
+
+    key: str
+    protocol: str
+    clip_id: str
+    source_clip_id: str
+    states: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> family -> Metric
+    values: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> result name -> per-clip value
+    not_computed: dict[str, dict[str, str]] = field(default_factory=dict)  # model -> family -> reason
+    strips: dict[str, bytes] = field(default_factory=dict)  # "source"/"driving"/model -> PNG of a frame row
+    frames: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+def _strip_png(frames: np.ndarray, n: int, height: int = 96) -> bytes:
+    """PNG of `n` evenly spaced frames side by side, each scaled to `height` pixels."""
+    from PIL import Image
+
+    idx = np.linspace(0, len(frames) - 1, n).round().astype(int)
+    tiles = [Image.fromarray(frames[i]).resize((height * frames.shape[2] // frames.shape[1], height),
+                                               Image.BILINEAR) for i in idx]
+    strip = Image.new("RGB", (sum(t.width for t in tiles), height))
+    x = 0
+    for t in tiles:
+        strip.paste(t, (x, 0))
+        x += t.width
+    buf = io.BytesIO()
+    strip.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class ItemScorer:
+    """Holds the metric backends and generators (loaded once) and scores items; an embedding cache skips
+    repeated frames (a static source embeds once)."""
+
+    def __init__(self, layout_uri: str, models: list[str], backend_paths: dict[str, str | None], max_frames: int,
+                 strip_frames: int = 4, threads: int = 1):
+        import torch
+
+        from evaluation.metrics.backends import resolve_backends
+
+        torch.set_num_threads(max(1, threads))
+        self.layout = shards.open_dataset(layout_uri)
+        self.models = list(models)
+        self.generators = {m: load_generator(m) for m in self.models}
+        self.backends = resolve_backends(**backend_paths)
+        self.max_frames, self.strip_frames = max_frames, strip_frames
+        self._lpips = None
+        if self.backends.lpips_dir is not None:
+            from evaluation.metrics.lpips import LPIPS
+
+            self._lpips = LPIPS(self.backends.lpips_dir)
+        self._emb: dict[bytes, np.ndarray] = {}
+
+    # -- embeddings with a content cache
+    def _cached(self, tag: str, fn: Callable[[np.ndarray, np.ndarray | None], np.ndarray], frames: np.ndarray,
+                landmarks: np.ndarray | None) -> np.ndarray:
+        out = []
+        for i, f in enumerate(frames):
+            lm = None if landmarks is None else landmarks[i]
+            h = hashlib.sha1(tag.encode() + f.tobytes() + (b"" if lm is None else lm.tobytes())).digest()
+            if h not in self._emb:
+                if len(self._emb) > 20000:
+                    self._emb.clear()
+                self._emb[h] = fn(f, lm)
+            out.append(self._emb[h])
+        return np.stack(out)
+
+    def identity(self, frames: np.ndarray, landmarks: np.ndarray | None) -> np.ndarray:
+        """Identity embeddings (N, d) of RGB frames (landmarks (N, 68, 2) when known)."""
+        emb = self.backends.identity
+        return self._cached("id:" + emb.model, lambda f, lm: emb.embed_one(f, lm), frames, landmarks)
+
+    def features(self, frames: np.ndarray, landmarks: np.ndarray | None) -> np.ndarray:
+        """FID features (N, d): Inception pool features, or the dlib embeddings of FID-dlib."""
+        ext = self.backends.features
+        if hasattr(ext, "embed_one"):
+            return self._cached("id:" + ext.model, lambda f, lm: ext.embed_one(f, lm), frames, landmarks)
+        return self._cached("fid:" + ext.model, lambda f, lm: ext(f[None])[0], frames, None)
+
+    def __call__(self, item: EvalItem) -> ItemResult:
+        """Generate with every model and fill one fresh metric state per (model, metric family)."""
+        t0 = time.perf_counter()
+        res = ItemResult(item.key, item.protocol, item.clip_id, item.source_clip_id)
+        try:
+            drive = load_clip(self.layout, item.clip_id, self.max_frames)
+            src = drive if item.source_clip_id == item.clip_id else load_clip(self.layout, item.source_clip_id, 1, 1)
+            res.frames = len(drive.frames)
+            inp = GenerationInput(src.frames[0], src.geometry.take(np.array([0])), drive.frames, drive.geometry,
+                                  drive.audio, "audio" if item.protocol == "audio" else "video")
+            res.strips["source"] = _strip_png(src.frames[:1], 1)
+            res.strips["driving"] = _strip_png(drive.frames, self.strip_frames)
+            for name, gen in self.generators.items():
+                out = gen(inp)
+                if out.frames.shape != drive.frames.shape or out.frames.dtype != np.uint8:
+                    raise ValueError(f"model {name} returned frames {out.frames.dtype} {out.frames.shape}; expected "
+                                     f"uint8 {drive.frames.shape}")
+                res.strips[name] = _strip_png(out.frames, self.strip_frames)
+                self._score(item.protocol, name, inp, drive, out, res)
+        except Exception as exc:  # noqa: BLE001 - a failing clip is listed with its error, never fatal
+            res.error = f"{type(exc).__name__}: {exc}"
+            res.states, res.values = {}, {}
+        res.seconds = time.perf_counter() - t0
+        return res
+
+    def _score(self, protocol: str, model: str, inp: GenerationInput, drive: ClipData, out, res: ItemResult) -> None:
+        from evaluation.metrics import AED, APD, LMD, PSNR, SSIM, CSIM, FrechetDistance
+
+        states: dict[str, Any] = {}
+        skipped: dict[str, str] = {}
+        gen_lm = None if out.geometry is None else out.geometry.landmarks
+        no_geo = ("the model's frames carry no fitted geometry (fitting generated frames comes with the animate "
+                  "pipeline)")
+        for fam in PROTOCOL_METRICS[protocol]:
+            if fam == "PSNR":
+                m = PSNR()
+                m.update(out.frames, drive.frames)
+            elif fam == "SSIM":
+                m = SSIM()
+                m.update(out.frames, drive.frames)
+            elif fam == "LPIPS":
+                if self._lpips is None:
+                    skipped[fam] = self.backends.notes.get("LPIPS", "no LPIPS weights")
+                    continue
+                m = _fresh_lpips(self._lpips)
+                m.update(out.frames, drive.frames)
+            elif fam == "CSIM":
+                m = CSIM.for_embedder(self.backends.identity)
+                m.update(self.identity(inp.source_frame[None], inp.source_geometry.landmarks)[0],
+                         self.identity(out.frames, gen_lm))
+            elif fam in ("AED", "APD"):
+                if out.geometry is None:
+                    skipped[fam] = no_geo
+                    continue
+                m = AED() if fam == "AED" else APD()
+                m.update(out.geometry.exp if fam == "AED" else out.geometry.euler,
+                         drive.geometry.exp if fam == "AED" else drive.geometry.euler)
+            elif fam == "LMD":
+                if out.geometry is None:
+                    skipped[fam] = no_geo
+                    continue
+                m = LMD()
+                m.update(out.geometry.landmarks, drive.geometry.landmarks)
+            elif fam == "FID":
+                m = FrechetDistance.for_extractor(self.backends.features)
+                m.update(self.features(drive.frames, drive.geometry.landmarks), real=True)
+                m.update(self.features(out.frames, gen_lm), real=False)
+            elif fam == "LSE":
+                skipped[fam] = (self.backends.notes.get("LSE", "") + "; the job does not yet read clip waveforms for "
+                                "SyncNet crops" if self.backends.sync is not None else self.backends.notes["LSE"])
+                continue
+            else:  # pragma: no cover - PROTOCOL_METRICS names only the families above
+                raise ValueError(f"unknown metric family {fam}")
+            states[fam] = m
+            if fam != "FID":  # a per-clip FID of ~50 frames means little; FID is over all frames
+                for name, r in m.compute().items():
+                    res.values.setdefault(model, {})[name] = r.value
+        res.states[model] = states
+        if skipped:
+            res.not_computed[model] = skipped
+
+
+def _fresh_lpips(template):
+    """An empty LPIPS state sharing the template's loaded network."""
+    import copy
+
+    m = copy.copy(template)
+    m.total, m.total_sq, m.n = 0.0, 0.0, 0
+    return m
+
+
+class EvalOperator:
+    """Ray Data operator: loads the scorer once; a batch of items in, pickled ItemResults out."""
+
+    def __init__(self, layout_uri: str, models: list[str], backend_paths: dict[str, str | None], max_frames: int,
+                 strip_frames: int, threads: int):
+        self.scorer = ItemScorer(layout_uri, models, backend_paths, max_frames, strip_frames, threads)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        keys, payloads = [], []
+        for row in batch.to_pylist():
+            res = self.scorer(EvalItem(row["protocol"], row["clip_id"], row["source_clip_id"]))
+            keys.append(res.key)
+            payloads.append(pickle.dumps(res))
+        return pa.table({"key": pa.array(keys, pa.string()), "payload": pa.array(payloads, pa.binary())})
+
+
+# ------------------------------------------------------------------------------------------------
+# merging
+
+
+def merge_results(results: list[ItemResult], models: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{protocol: {model: {result name: MetricResult}}} from item states merged in key order, plus reasons
+    under the pseudo-model key '_not_computed' ({model: {family: reason}})."""
+    from evaluation.metrics import MetricError, merge_all
+
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for protocol in sorted({r.protocol for r in results}):
+        rs = sorted((r for r in results if r.protocol == protocol and r.error is None), key=lambda r: r.key)
+        table: dict[str, dict[str, Any]] = {m: {} for m in models}
+        reasons: dict[str, dict[str, str]] = {m: {} for m in models}
+        for model in models:
+            fams = sorted({f for r in rs for f in r.states.get(model, {})})
+            for fam in fams:
+                parts = [r.states[model][fam] for r in rs if fam in r.states.get(model, {})]
+                try:
+                    table[model].update(merge_all(parts).compute())
+                except MetricError as exc:
+                    reasons[model][fam] = str(exc)
+            for r in rs:
+                for fam, why in r.not_computed.get(model, {}).items():
+                    reasons[model].setdefault(fam, why)
+        out[protocol] = {**table, "_not_computed": reasons}
+    return out
+
+
+def single_pass(scorer: ItemScorer, items: list[EvalItem]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Reference: one metric object per (protocol, model, family) updated item after item in this process."""
+    results = [scorer(it) for it in items]
+    merged: dict[str, dict[str, dict[str, Any]]] = {}
+    for protocol in sorted({r.protocol for r in results}):
+        merged[protocol] = {}
+        for model in scorer.models:
+            totals: dict[str, Any] = {}
+            for r in sorted(results, key=lambda r: r.key):
+                if r.protocol != protocol or r.error:
+                    continue
+                for fam, st in r.states.get(model, {}).items():
+                    if fam in totals:
+                        totals[fam]._merge_state(st)  # the same fold as one object updated clip after clip
+                    else:
+                        totals[fam] = st
+            merged[protocol][model] = {k: v for st in totals.values() for k, v in st.compute().items()}
+    return merged
+
+
+# ------------------------------------------------------------------------------------------------
+# the job
+
+
+def _backend_paths(cfg: R3PConfig) -> dict[str, str | None]:
+    from pipeline.assets import asset_path
+
+    return {k: str(asset_path(k, cfg.home, cfg.assets)) for k in ("fid_inception", "insightface", "syncnet", "lpips")}
+
+
+def _signature(models: list[str], paths: dict[str, str | None], max_frames: int) -> str:
+    """Cache folder name: what makes a cached item result reusable (models, weight files and sizes, frames)."""
+    files = {}
+    for k, p in sorted(paths.items()):
+        q = Path(p) if p else None
+        files[k] = [p, q.stat().st_size if q is not None and q.is_file() else (q.is_dir() if q else None)]
+    raw = json.dumps({"format": CACHE_FORMAT, "models": sorted(models), "files": files, "max_frames": max_frames},
+                     sort_keys=True)
+    return hashlib.sha256(raw.encode()).hexdigest()[:12]
+
+
+def _select_clips(layout: shards.Layout, split: str, limit: int | None) -> list[tuple[str, str]]:
+    clips = shards.read_table(layout, "clips", columns=["clip_id", "split", "speaker_id", "status"])
+    ok = clips.filter(pc.equal(clips["status"], "ok"))
+    sel = ok if split == "all" else ok.filter(pc.equal(ok["split"], split))
+    if sel.num_rows == 0:
+        counts = {s: int(pc.sum(pc.equal(ok["split"], s)).as_py() or 0) for s in ("train", "val", "test")}
+        raise EvaluateError(f"{layout.uri} has no usable clips in split {split!r} (ok clips per split: {counts}); "
+                            "choose another with --split (train|val|test|all)")
+    rows = sorted(zip(sel["clip_id"].to_pylist(), [s or c for s, c in zip(sel["speaker_id"].to_pylist(),
+                                                                         sel["clip_id"].to_pylist())]))
+    return rows[:limit] if limit else rows
+
+
+def _run_items(items: list[EvalItem], layout_uri: str, models: list[str], paths: dict[str, str | None], cfg: R3PConfig,
+               address: str | None, use_ray: bool) -> list[ItemResult]:
+    ec = cfg.evaluate
+    if not use_ray:
+        scorer = ItemScorer(layout_uri, models, paths, ec.max_frames, ec.strip_frames, ec.threads)
+        return [scorer(it) for it in items]
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    from pipeline.preprocess import _actor_count, ensure_ray
+
+    ensure_ray(address)
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.execution_options.preserve_order = False
+    rows = [{"protocol": it.protocol, "clip_id": it.clip_id, "source_clip_id": it.source_clip_id} for it in items]
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    n = _actor_count(min(ec.actors, len(rows)), ec.actor_num_cpus, ec.actor_num_gpus)
+    remote: dict[str, Any] = {"num_cpus": ec.actor_num_cpus}
+    if ec.actor_num_gpus:
+        remote["num_gpus"] = ec.actor_num_gpus
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = ds.map_batches(EvalOperator, fn_constructor_kwargs={
+            "layout_uri": layout_uri, "models": models, "backend_paths": paths, "max_frames": ec.max_frames,
+            "strip_frames": ec.strip_frames, "threads": ec.threads},
+            batch_size=1, batch_format="pyarrow", compute=ActorPoolStrategy(size=n), **remote)
+    results = []
+    for batch in out.iter_batches(batch_size=None, batch_format="pyarrow"):
+        results += [pickle.loads(p) for p in batch["payload"].to_pylist()]  # our own cache format, from our actors
+    return results
+
+
+def run_evaluate(data: str, cfg: R3PConfig, *, models: list[str] | None = None, protocols: str | None = None,
+                 split: str | None = None, limit: int | None = None, tracking_uri: str | None = None,
+                 out: str | None = None, address: str | None = None, use_ray: bool = True,
+                 say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Evaluate models (baselines always included) on DATA's split under the protocols; returns the summary."""
+    t0 = time.perf_counter()
+    ec = cfg.evaluate
+    split = split or ec.split
+    names = list(dict.fromkeys([*(models or ec.models), *BASELINES]))
+    for m in names:
+        load_generator(m)  # an unknown / unbuilt model fails before any work
+    plist = parse_protocols(protocols or ec.protocols)
+    layout = shards.open_dataset(data)
+    clips = _select_clips(layout, split, limit or ec.limit)
+    items, skipped = build_items(plist, clips)
+    paths = _backend_paths(cfg)
+    sig = _signature(names, paths, ec.max_frames)
+    out_dir = Path(out) if out else Path(layout.dir) / "evaluations" / f"{split}-{clip_list_hash([c for c, _ in clips])}"
+    cache = out_dir / "cache" / sig
+    cache.mkdir(parents=True, exist_ok=True)
+    cached: dict[str, ItemResult] = {}
+    for it in items:
+        f = cache / f"{it.key}.pkl"
+        if f.is_file():
+            cached[it.key] = pickle.loads(f.read_bytes())  # written by this job (see below)
+    todo = [it for it in items if it.key not in cached]
+    say(f"r3p evaluate: {len(clips)} clips ({split}), protocols {','.join(plist)}, models {','.join(names)}: "
+        f"{len(items)} items, {len(cached)} cached, {len(todo)} to compute")
+    t1 = time.perf_counter()
+    fresh = _run_items(todo, layout.uri, names, paths, cfg, address, use_ray) if todo else []
+    compute_s = time.perf_counter() - t1
+    for r in fresh:
+        if r.error is None:  # failures are retried on the next run
+            tmp = cache / f".{r.key}.pkl.tmp"
+            tmp.write_bytes(pickle.dumps(r))
+            os.replace(tmp, cache / f"{r.key}.pkl")
+    results = sorted([*cached.values(), *fresh], key=lambda r: r.key)
+    merged = merge_results(results, names)
+    from evaluation.metrics.backends import resolve_backends
+
+    notes = resolve_backends(**paths).notes
+    failed = [{"item": r.key, "protocol": r.protocol, "clip_id": r.clip_id, "source_clip_id": r.source_clip_id,
+               "error": r.error} for r in results if r.error]
+    ok_fresh = [r for r in fresh if r.error is None]
+    summary: dict[str, Any] = {
+        "data": layout.uri, "split": split, "clips": len(clips), "clip_list_hash": clip_list_hash([c for c, _ in clips]),
+        "protocols": plist, "protocols_skipped": skipped, "models": names,
+        "model_identity": {m: load_generator(m).identity for m in names}, "backends": notes,
+        "items": len(items), "cached": len(cached), "computed": len(fresh), "failed": failed,
+        "compute_seconds": round(compute_s, 2),
+        "seconds_per_item": round(sum(r.seconds for r in ok_fresh) / len(ok_fresh), 3) if ok_fresh else None,
+        "table": table_rows(merged, names), "not_computed": {p: v["_not_computed"] for p, v in merged.items()},
+        "out": str(out_dir), "cache": str(cache),
+    }
+    from evaluation.report import write_report
+
+    report = write_report(out_dir / "report.html", summary, results, merged, cfg.evaluate.strip_clips)
+    summary["report"] = str(report)
+    summary.update(log_mlflow(summary, merged, layout, tracking_uri or ec.tracking_uri, ec.experiment))
+    summary["total_seconds"] = round(time.perf_counter() - t0, 2)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def table_rows(merged: dict[str, dict[str, dict[str, Any]]], models: list[str]) -> list[dict[str, Any]]:
+    """Flat metric table: one row per (protocol, result name) with each model's value (None when absent)."""
+    rows = []
+    for protocol, per in merged.items():
+        names: dict[str, Any] = {}
+        for m in models:
+            for name, r in per.get(m, {}).items():
+                names.setdefault(name, r)
+        for name, r in names.items():
+            rows.append({"protocol": protocol, "metric": name, "higher_is_better": r.higher_is_better, "model": r.model,
+                         "values": {m: (per[m][name].value if name in per.get(m, {}) else None) for m in models}})
+    return rows
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """The metric table as aligned text (models side by side), then what did not run."""
+    models = summary["models"]
+    head = f"{'protocol':<8} {'metric':<12} " + " ".join(f"{m:>14}" for m in models) + "  better"
+    lines = [head, "-" * len(head)]
+    for r in summary["table"]:
+        vals = " ".join(f"{v:>14.4f}" if v is not None else f"{'—':>14}" for v in r["values"].values())
+        lines.append(f"{r['protocol']:<8} {r['metric']:<12} {vals}  {'higher' if r['higher_is_better'] else 'lower'}")
+    for p, per in summary["not_computed"].items():
+        for fam, why in sorted({(f, w) for m in per.values() for f, w in m.items()}):
+            lines.append(f"{p:<8} {fam:<12} {why if why.startswith('not computed') else 'not computed: ' + why}")
+    for p, why in summary["protocols_skipped"].items():
+        lines.append(f"{p:<8} (protocol skipped) {why}")
+    for f in summary["failed"]:
+        lines.append(f"FAILED {f['item']}: {f['error']}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# MLflow
+
+
+def log_mlflow(summary: dict[str, Any], merged: dict[str, dict[str, dict[str, Any]]], layout: shards.Layout,
+               tracking_uri: str | None, experiment: str) -> dict[str, Any]:
+    """A parent run (models, dataset input, clip-list hash, report) with one nested run per protocol."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    from pipeline import tracking
+
+    uri = tracking_uri or tracking.default_tracking_uri(layout.root)
+    art = str(Path(layout.root) / "mlartifacts") if "://" not in layout.root else None
+    eid = tracking.experiment_id(uri, experiment, art)
+    c = MlflowClient(uri)
+    now = int(time.time() * 1000)
+    parent = c.create_run(eid, run_name=f"eval-{summary['split']}-{summary['clip_list_hash']}", tags={
+        "r3p.kind": "evaluation", "r3p.models": ",".join(summary["models"]),
+        "r3p.clip_list_hash": summary["clip_list_hash"], "r3p.code_version": tracking.code_version()})
+    pid = parent.info.run_id
+    params = {"split": summary["split"], "clips": summary["clips"], "protocols": ",".join(summary["protocols"]),
+              "clip_list_hash": summary["clip_list_hash"], "data": summary["data"],
+              **{f"model.{m}": v for m, v in summary["model_identity"].items()},
+              **{f"backend.{k}": v for k, v in summary["backends"].items()}}
+    c.log_batch(pid, params=[Param(k, str(v)[:6000]) for k, v in sorted(params.items())])
+    digest = tracking.dataset_digest(shards.published(layout), shards.read_json(layout.fs, layout.run_path))
+    _log_dataset(c, pid, layout, digest, summary)
+    c.log_dict(pid, {k: v for k, v in summary.items() if k != "table"} | {"table": summary["table"]}, "summary.json")
+    c.log_artifact(pid, summary["report"])
+    child_ids = {}
+    for protocol, per in merged.items():
+        child = c.create_run(eid, run_name=f"{protocol}", tags={"mlflow.parentRunId": pid, "r3p.protocol": protocol})
+        cid = child.info.run_id
+        child_ids[protocol] = cid
+        metrics = [Metric(f"{m}.{name}", float(r.value), now, 0) for m in summary["models"]
+                   for name, r in per.get(m, {}).items()]
+        if metrics:
+            c.log_batch(cid, metrics=metrics)
+        reasons = per["_not_computed"]
+        for m, fams in reasons.items():
+            for fam, why in fams.items():
+                c.set_tag(cid, f"not_computed.{m}.{fam}", why[:5000])
+        c.set_tag(cid, "r3p.failed_items", str(sum(1 for f in summary["failed"] if f["protocol"] == protocol)))
+        c.set_terminated(cid)
+    for protocol, why in summary["protocols_skipped"].items():
+        child = c.create_run(eid, run_name=protocol, tags={"mlflow.parentRunId": pid, "r3p.protocol": protocol,
+                                                           "not_computed.protocol": why[:5000]})
+        child_ids[protocol] = child.info.run_id
+        c.set_terminated(child.info.run_id, status="FAILED")
+    c.set_terminated(pid)
+    return {"mlflow_tracking_uri": uri, "mlflow_run_id": pid, "mlflow_protocol_runs": child_ids}
+
+
+def _log_dataset(c, run_id: str, layout: shards.Layout, digest: str, summary: dict[str, Any]) -> None:
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    try:
+        source = resolve_dataset_source(layout.uri)
+    except Exception:  # noqa: BLE001 - an unresolvable location is still recorded by name
+        from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+        source = HTTPDatasetSource(url=str(layout.uri))
+    ds = MetaDataset(source=source, name=f"{Path(layout.root).name}/v{layout.version:03d}", digest=digest)
+    c.log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags=[
+        InputTag("mlflow.data.context", "evaluation"), InputTag("split", summary["split"]),
+        InputTag("clips", str(summary["clips"])), InputTag("clip_list_hash", summary["clip_list_hash"])])])
