@@ -1,6 +1,7 @@
 """The demo job end to end on the tiny preset, and SECC eye removal on the synthetic face."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -43,6 +44,10 @@ def test_demo_writes_contact_sheet_marked_synthetic(tmp_path, capsys):
     assert report["top_errors"][0]["error"].startswith("VideoError") and "truncated.mp4" in \
         report["top_errors"][0]["example"]
     assert str(out / "dataset_sheet.png") in printed and (out / "dataset_sheet.png").is_file()
+    # the multiview part: a morphable-teacher set posed like the dataset's frames, its sheet printed
+    mv = meta["views_summary"]
+    assert mv["failed_samples"] == 0 and mv["rows"] == 2 * mv["samples"] > 0 and mv["face_model"] == "synthetic"
+    assert meta["views_sheet"] in printed and Path(meta["views_sheet"]).is_file()
 
 
 def _eye_box_pixels(face3d, exp, size):
