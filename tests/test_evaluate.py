@@ -1,0 +1,207 @@
+"""`r3p evaluate` end to end: baselines' known answers, Ray merge = single pass, cache, failures, MLflow, report.
+
+The dataset is made by the real preprocessing job (`run_preprocess`, tiny sizes) on a synthetic
+corpus of 3 speakers × one 1.2 s clip; one local Ray (2 CPUs, loopback) serves the module. The
+offline metric backends run (dlib: CSIM-dlib, FID-dlib); LPIPS and LSE are recorded as not computed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from evaluation.generators import GeneratorNotAvailable, load_generator
+from evaluation.protocols import ProtocolError, build_items, cross_pairs, parse_protocols
+from pipeline import shards
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.evaluate import EvaluateError, ItemScorer, _backend_paths, run_evaluate, single_pass
+
+EVAL_SET = ["evaluate.max_frames=10", "evaluate.actors=2", "evaluate.actor_num_cpus=0.5", "evaluate.strip_clips=2"]
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    ray = pytest.importorskip("ray")
+    from pipeline.preprocess import use_loopback
+
+    use_loopback()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def dataset(ray_address, tmp_path_factory):
+    from pipeline.preprocess import run_preprocess
+    from preprocessing.synthetic import SynthSpec, generate_corpus
+    from preprocessing.synthetic_bfm import synthetic_face_model
+
+    root = tmp_path_factory.mktemp("ev")
+    corpus = root / "corpus"
+    generate_corpus(synthetic_face_model(0, "bfm"), SynthSpec(identities=3, clips=1, seconds=1.2, size=512, seed=1),
+                    corpus)
+    cfg = load_config("tiny", overrides=["tracking.crop_size=128", "render.size=64", "preprocess.actors=2",
+                                         "preprocess.shard_size=1"])
+    summary = run_preprocess(str(corpus), str(root / "ds"), cfg)
+    assert summary["ok"] == 3, summary
+    return root / "ds"
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config("tiny", overrides=EVAL_SET)
+
+
+@pytest.fixture(scope="module")
+def evaluation(dataset, cfg, tmp_path_factory):
+    out = tmp_path_factory.mktemp("evout")
+    s = run_evaluate(str(dataset), cfg, split="all", out=str(out / "eval"),
+                     tracking_uri=f"sqlite:///{out / 'mlflow.db'}", say=lambda _: None)
+    return s
+
+
+def _value(s, protocol, metric, model):
+    rows = [r for r in s["table"] if r["protocol"] == protocol and r["metric"] == metric]
+    assert rows, (protocol, metric, [(r["protocol"], r["metric"]) for r in s["table"]])
+    return rows[0]["values"][model]
+
+
+# ------------------------------------------------------------------------------------------------
+# protocols and generators (no data)
+
+
+def test_protocol_pairing_and_errors():
+    clips = [("c1", "alice"), ("c2", "alice"), ("c3", "bob")]
+    pairs = cross_pairs(clips)
+    assert pairs == [("c1", "c3"), ("c2", "c3"), ("c3", "c1")]
+    speaker = dict(clips)
+    assert all(speaker[d] != speaker[s] for d, s in pairs)
+    with pytest.raises(ProtocolError, match="at least 2 speakers"):
+        cross_pairs([("c1", "alice"), ("c2", "alice")])
+    items, skipped = build_items(["self", "cross"], [("c1", "alice"), ("c2", "alice")])
+    assert [i.protocol for i in items] == ["self", "self"] and "cross" in skipped
+    assert parse_protocols("audio,self,audio") == ["audio", "self"]
+    with pytest.raises(ProtocolError, match="choose from self,cross,audio"):
+        parse_protocols("self,lipsync")
+
+
+def test_trained_model_seam_says_animate_is_not_built(capsys):
+    for name in ("champion", "my-run", "/some/checkpoint"):
+        with pytest.raises(GeneratorNotAvailable, match="animate pipeline"):
+            load_generator(name)
+    assert main(["evaluate", "--data", "/nonexistent", "--model", "champion"]) == 2
+    assert "not built yet" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# the job
+
+
+def test_ground_truth_known_answers(evaluation):
+    s = evaluation
+    assert s["items"] == 9 and s["failed"] == [] and s["computed"] == 9
+    gt = "ground_truth"
+    assert _value(s, "self", "PSNR", gt) == 100.0  # identical frames: the capped value, not inf/NaN
+    assert _value(s, "self", "SSIM", gt) == pytest.approx(1.0)
+    for p, m in (("self", "AED"), ("self", "APD"), ("cross", "AED"), ("cross", "APD"), ("audio", "LMD")):
+        assert _value(s, p, m, gt) == 0.0
+    assert _value(s, "self", "FID-dlib", gt) == pytest.approx(0.0, abs=1e-9)
+    assert _value(s, "self", "CSIM-dlib", gt) > 0.97  # frames of one person vs its first frame
+    assert s["backends"]["CSIM"].startswith("ArcFace not found") and "CSIM-dlib" in s["backends"]["CSIM"]
+
+
+def test_static_source_is_worse_than_ground_truth_where_it_must_be(evaluation):
+    s = evaluation
+    st, gt = "static", "ground_truth"
+    assert _value(s, "self", "PSNR", st) < 60.0 < _value(s, "self", "PSNR", gt)
+    assert _value(s, "self", "SSIM", st) < _value(s, "self", "SSIM", gt)
+    for p, m in (("self", "AED"), ("self", "APD"), ("cross", "AED"), ("audio", "LMD"), ("self", "FID-dlib")):
+        assert _value(s, p, m, st) > _value(s, p, m, gt), (p, m)
+    # identity: the static frame IS the source (CSIM 1); cross-identity ground truth shows another person
+    assert _value(s, "self", "CSIM-dlib", st) == pytest.approx(1.0)
+    assert _value(s, "cross", "CSIM-dlib", gt) < _value(s, "self", "CSIM-dlib", gt) - 0.03
+
+
+def test_ray_merge_equals_single_process_pass(evaluation, dataset, cfg):
+    from evaluation.protocols import parse_protocols as pp
+
+    layout = shards.open_dataset(str(dataset))
+    clips = [(r["clip_id"], r["speaker_id"]) for r in shards.read_table(layout, "clips").to_pylist()]
+    items, _ = build_items(pp("self,cross,audio"), clips)
+    scorer = ItemScorer(layout.uri, evaluation["models"], _backend_paths(cfg), cfg.evaluate.max_frames)
+    ref = single_pass(scorer, items)
+    n = 0
+    for row in evaluation["table"]:
+        for model, v in row["values"].items():
+            assert v == pytest.approx(ref[row["protocol"]][model][row["metric"]].value, rel=1e-9, abs=1e-9)
+            n += 1
+    assert n == 2 * len(evaluation["table"]) >= 2 * 12
+
+
+def test_rerun_uses_the_cache_and_gives_the_same_table(evaluation, dataset, cfg):
+    out = Path(evaluation["out"])
+    s = run_evaluate(str(dataset), cfg, split="all", out=str(out), tracking_uri=evaluation["mlflow_tracking_uri"],
+                     say=lambda _: None)
+    assert s["computed"] == 0 and s["cached"] == 9
+    assert s["table"] == evaluation["table"]
+    assert len(list(Path(s["cache"]).glob("*.pkl"))) == 9
+
+
+def test_mlflow_parent_and_nested_runs(evaluation):
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(evaluation["mlflow_tracking_uri"])
+    parent = c.get_run(evaluation["mlflow_run_id"])
+    assert parent.data.tags["r3p.kind"] == "evaluation"
+    assert parent.data.params["clip_list_hash"] == evaluation["clip_list_hash"]
+    assert parent.inputs.dataset_inputs and parent.inputs.dataset_inputs[0].dataset.digest
+    kids = c.search_runs([parent.info.experiment_id],
+                         filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    by = {r.data.tags["r3p.protocol"]: r for r in kids}
+    assert set(by) == {"self", "cross", "audio"}
+    assert by["self"].data.metrics["ground_truth.PSNR"] == 100.0
+    assert by["self"].data.metrics["static.PSNR"] == pytest.approx(_value(evaluation, "self", "PSNR", "static"))
+    assert "SyncNet v2 weights not found" in by["audio"].data.tags["not_computed.static.LSE"]
+    assert "alex.pth" in by["self"].data.tags["not_computed.ground_truth.LPIPS"]
+    arts = [a.path for a in c.list_artifacts(parent.info.run_id)]
+    assert "report.html" in arts and "summary.json" in arts
+
+
+def test_report_is_self_contained_with_the_table(evaluation):
+    text = Path(evaluation["report"]).read_text()
+    assert "http://" not in text and "https://" not in text
+    assert text.count("data:image/png;base64,") >= 10  # distributions + strips
+    for needle in ("<table", "PSNR", "ground_truth", "static", "CSIM-dlib", "▼ worse", "Not computed"):
+        assert needle in text, needle
+
+
+def test_a_failing_clip_is_listed_and_the_rest_still_count(dataset, cfg, tmp_path):
+    bad = tmp_path / "ds"
+    shutil.copytree(dataset, bad)
+    layout = shards.open_dataset(str(bad))
+    shard = sorted(shards.published(layout))[0]
+    path = layout.shard_path("frames", shard)
+    t = pq.read_table(path)
+    victim = t["clip_id"][0].as_py()
+    t = t.set_column(t.schema.get_field_index("frame_jpeg"), "frame_jpeg",
+                     pa.array([b"not a jpeg"] * t.num_rows, pa.binary()))
+    pq.write_table(t, path)
+    s = run_evaluate(str(bad), cfg, split="all", protocols="self", out=str(tmp_path / "eval"),
+                     tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", say=lambda _: None)
+    assert [f["clip_id"] for f in s["failed"]] == [victim]
+    assert "not a decodable" in s["failed"][0]["error"]
+    assert _value(s, "self", "PSNR", "ground_truth") == 100.0  # the two good clips
+    assert victim in Path(s["report"]).read_text()
+
+
+def test_empty_split_names_the_split_and_counts(dataset, cfg, capsys):
+    layout = shards.open_dataset(str(dataset))
+    splits = {r["split"] for r in shards.read_table(layout, "clips").to_pylist()}
+    empty = next(s for s in ("test", "train", "val") if s not in splits)  # 3 speakers cannot fill 3 splits + 1
+    with pytest.raises(EvaluateError, match=f"no usable clips in split '{empty}'"):
+        run_evaluate(str(dataset), cfg, split=empty, say=lambda _: None)
