@@ -179,6 +179,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"multi-view set (r3p multiview, morphable teacher, poses from the dataset): {meta['views']} — "
           f"{mv['samples']} samples, {mv['rows']} views, {mv['failed_samples']} failed, in {mv['wall_s']:.0f} s")
     print(f"multi-view sheet: {meta['views_sheet']}")
+    ev = meta["evaluation"]
+    print(f"evaluation (r3p evaluate, split {meta['evaluation_split']}, {ev['clips']} clips, {ev['items']} items in "
+          f"{ev['total_seconds']:.0f} s; {ev['seconds_per_item'] or 0:.1f} s per item):")
+    print(meta["evaluation_table"])
+    print(f"evaluation report: {meta['evaluation_report']}")
     return 0
 
 

@@ -558,7 +558,9 @@ def _log_dataset(c, run_id: str, layout: shards.Layout, digest: str, summary: di
     from mlflow.entities import DatasetInput, InputTag
 
     try:
-        source = resolve_dataset_source(layout.uri)
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are the local source
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(layout.uri)
     except Exception:  # noqa: BLE001 - an unresolvable location is still recorded by name
         from mlflow.data.http_dataset_source import HTTPDatasetSource
 
