@@ -22,7 +22,8 @@ is the working tree's. Both run on the same inputs:
   - `bg_person`, `bg_head`, `bg_torso`: fraction of hand-marked background boxes (walls, flags,
     lamp; in the photos' pixels, listed in `PHOTOS`) covered by the matte / head / torso.
 
-- the real path: each photo as a 1 s video (the same zoom and pan over the whole photo) through
+- the real path: the demo's synthetic clip (seed 0, as `make demo` runs it: dlib landmarks, fit) and
+  each photo as a 1 s video (the same zoom and pan over the whole photo) through
   `process_clip` (tracking, 3DMM fit, fitted face silhouettes, segmentation, split; tiny preset):
   the fraction of the background boxes labelled head / torso, and of the top row labelled head.
 
@@ -276,6 +277,36 @@ def photo_video(name: str, n_frames: int, work: Path) -> tuple[Path, np.ndarray]
     return path, np.stack(bgs)
 
 
+def demo_clip_scores(proc, pkgs: dict, work: Path, out: dict) -> None:
+    """The demo's first synthetic clip (default config: seed 0, 3 s; dlib landmarks and the fit, as
+    `make demo` runs it) through `proc`: person / head / torso IoU against ground truth, all frames pooled."""
+    import preprocessing.process as process_mod
+    from pipeline.config import load_config
+    from pipeline.demo import crop_truth_masks
+    from preprocessing.process import decode_image
+    from preprocessing.record import SEG_HEAD, SEG_TORSO
+    from preprocessing.synthetic import SynthSpec, generate_corpus
+    from preprocessing.synthetic_bfm import synthetic_face_model
+
+    demo = load_config(None).demo
+    folder = work / "demo_corpus"
+    if not any(folder.glob("*/clip000.mp4")):
+        generate_corpus(synthetic_face_model(0, "bfm"), SynthSpec(identities=1, clips=1, seconds=demo.synth_seconds,
+                                                                  size=512, seed=demo.seed), folder)
+    video = sorted(folder.glob("*/clip000.mp4"))[0]
+    gt = np.load(video.with_suffix(".npz"))
+    for k, pkg in pkgs.items():
+        proc.segmenter = pkg.make_segmenter("colour")
+        process_mod.split_parts = pkg.split_parts
+        rec = proc(video)
+        head_t = crop_truth_masks(gt["head_mask"], rec.crop_box, rec.crop_size)
+        torso_t = crop_truth_masks(gt["torso_mask"], rec.crop_box, rec.crop_size)
+        labels = np.stack([decode_image(b) for b in rec.seg_png])
+        out.setdefault("demo_clip", {})[k] = {"person": iou(labels > 0, head_t | torso_t),
+                                              "head": iou(labels == SEG_HEAD, head_t),
+                                              "torso": iou(labels == SEG_TORSO, torso_t)}
+
+
 def pipeline_scores(pkgs: dict, n_frames: int, work: Path) -> dict:
     """Each photo as a video through `process_clip` (detect, track, fit, the fitted face silhouettes,
     segment, split; tiny preset), with each package's colour segmenter and split: the fraction of the
@@ -291,6 +322,7 @@ def pipeline_scores(pkgs: dict, n_frames: int, work: Path) -> dict:
     original = process_mod.split_parts
     out: dict = {}
     try:
+        demo_clip_scores(proc, pkgs, work, out)
         for name in PHOTOS:
             path, bgs = photo_video(name, n_frames, work)
             for k, pkg in pkgs.items():
@@ -366,6 +398,10 @@ def main() -> None:
         print(f"real photos through process_clip ({args.pipeline_frames}-frame videos, fitted face): "
               "bg_head bg_torso head_top")
         results["pipeline"] = pipeline_scores(pkgs, args.pipeline_frames, work)
+        for k, r in results["pipeline"].pop("demo_clip").items():
+            print(f"  demo clip (synthetic, seed 0, dlib + fit) {k:6s} IoU person {r['person']:.3f} "
+                  f"head {r['head']:.3f} torso {r['torso']:.3f}")
+            results.setdefault("demo_clip", {})[k] = r
         for name, r in results["pipeline"].items():
             for k in pkgs:
                 print(f"  {name:16s} {k:6s} {r[k]['bg_head']:.3f} {r[k]['bg_torso']:.3f} {r[k]['head_top']:.3f}")

@@ -6,8 +6,10 @@ from the landmarks (and the rendered face silhouette when given):
 - sure foreground: the landmark hull and the face silhouette (eroded), a neck strip below the
   chin and a wider chest patch below it (so clothes that share the background's colours keep a
   foreground colour model);
-- probable foreground: a head ellipse (hair) and a body region below the chin that widens into
-  shoulders, all sized by the jaw width and rotated with the head's roll;
+- probable foreground: a head ellipse (hair; reaching 1.0 jaw widths above the eye line, so a
+  background band just above the hair does not seed the foreground colours — GrabCut still grows
+  into hair beyond it) and a body region below the chin that widens into shoulders, all sized by
+  the jaw width and rotated with the head's roll;
 - sure background: everything outside a generous head envelope above shoulder height (the top
   corners and the sides beside the head), and thin side/bottom border strips more than two face
   widths beside the body (wide framings);
@@ -56,7 +58,7 @@ def seed_labels(hf: HeadFrame, h: int, w: int, scale: float, face_mask: np.ndarr
     c = hf.chin / hf.face_w
     labels = np.full((h, w), cv2.GC_PR_BGD, np.uint8)
     # probable foreground: head ellipse (face + hair) and a body widening into shoulders below the chin
-    head = (a / 0.72) ** 2 + ((b + 0.1) / 1.0) ** 2 <= 1.0
+    head = (a / 0.72) ** 2 + ((b + 0.1) / np.where(b < -0.1, 0.9, 1.0)) ** 2 <= 1.0
     d = b - c
     half = np.where(d < 0.5, 0.3 + d * (0.7 / 0.5), 1.0 + 0.25 * (d - 0.5))
     body = (d > -0.1) & (np.abs(a) < half)
