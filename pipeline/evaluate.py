@@ -34,7 +34,7 @@ from pipeline import shards
 from pipeline.config import R3PConfig
 
 FRAME_COLUMNS = ["clip_id", "index", "valid", "frame_jpeg", "landmarks", "exp", "euler"]
-AUDIO_COLUMNS = ("mel", "f0", "rms")
+AUDIO_COLUMNS = ("mel", "f0", "rms", "hubert")
 CACHE_FORMAT = 1
 
 
@@ -54,6 +54,7 @@ class ClipData:
     frames: np.ndarray  # (T, H, W, 3) uint8
     geometry: Geometry
     audio: dict[str, np.ndarray]
+    index: np.ndarray  # frame index in the clip of each row (audio features have 2 rows per frame index)
 
 
 def _shard_files(layout: shards.Layout, table: str) -> list[str]:
@@ -89,7 +90,40 @@ def load_clip(layout: shards.Layout, clip_id: str, max_frames: int, min_frames: 
         for k in AUDIO_COLUMNS:
             if crow[0][k] is not None:
                 audio[k] = np.asarray(crow[0][k], dtype=np.float32)
-    return ClipData(clip_id, frames, Geometry(lm[idx], exp, euler), audio)
+    index = np.asarray(t["index"].to_pylist(), dtype=np.int64)[idx]
+    return ClipData(clip_id, frames, Geometry(lm[idx], exp, euler), audio, index)
+
+
+class LandmarkSyncEmbedder:
+    """Sync-lm: the project's landmark SyncNet (an `r3p train --stage syncnet` checkpoint) as a SyncEmbedder.
+
+    video = expression coefficients (T, 64) of the frames, audio = the clip's features (2T, D) of the kind
+    the checkpoint was trained on; window k covers frames k … k+F-1 and audio rows 2k … 2(k+F)-1."""
+
+    prefix = "Sync-lm"
+
+    def __init__(self, checkpoint: str):
+        from training.checkpoint import load_model
+
+        stage, params, net, meta = load_model(checkpoint)
+        if stage.name != "syncnet":
+            raise ValueError(f"evaluate.sync_model: {checkpoint} is a {stage.name} checkpoint; give a syncnet one")
+        self.net, self.frames, self.audio_kind = net, int(params.frames), str(meta["info"].get("audio", "mel"))
+        self.model = f"landmark SyncNet {Path(checkpoint).parent.name}/{Path(checkpoint).name} step {meta.get('step')}"
+
+    def embed(self, video: np.ndarray, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mouth embeddings, audio embeddings), each (windows, dim)."""
+        import torch
+
+        f = self.frames
+        t = min(len(video), len(audio) // 2)
+        if t < f:
+            raise ValueError(f"Sync-lm: {t} frames are fewer than one {f}-frame window")
+        ks = range(t - f + 1)
+        with torch.no_grad():
+            e = torch.as_tensor(np.stack([video[k:k + f] for k in ks]), dtype=torch.float32)
+            a = torch.as_tensor(np.stack([audio[2 * k:2 * (k + f)] for k in ks]), dtype=torch.float32)
+            return self.net.mouth_embedding(e).numpy(), self.net.audio_embedding(a).numpy()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -135,7 +169,7 @@ class ItemScorer:
     repeated frames (a static source embeds once)."""
 
     def __init__(self, layout_uri: str, models: list[str], backend_paths: dict[str, str | None], max_frames: int,
-                 strip_frames: int = 4, threads: int = 1):
+                 strip_frames: int = 4, threads: int = 1, sync_checkpoint: str | None = None):
         import torch
 
         from evaluation.metrics.backends import resolve_backends
@@ -144,7 +178,8 @@ class ItemScorer:
         self.layout = shards.open_dataset(layout_uri)
         self.models = list(models)
         self.generators = {m: load_generator(m) for m in self.models}
-        self.backends = resolve_backends(**backend_paths)
+        lm_sync = LandmarkSyncEmbedder(sync_checkpoint) if sync_checkpoint else None
+        self.backends = resolve_backends(**backend_paths, landmark_sync=lm_sync)
         self.max_frames, self.strip_frames = max_frames, strip_frames
         self._lpips = None
         if self.backends.lpips_dir is not None:
@@ -247,9 +282,17 @@ class ItemScorer:
                 m.update(self.features(drive.frames, drive.geometry.landmarks), real=True)
                 m.update(self.features(out.frames, gen_lm), real=False)
             elif fam == "LSE":
-                skipped[fam] = (self.backends.notes.get("LSE", "") + "; the job does not yet read clip waveforms for "
-                                "SyncNet crops" if self.backends.sync is not None else self.backends.notes["LSE"])
-                continue
+                why = self._sync_blocker(out, drive)
+                if why:
+                    skipped[fam] = why
+                    continue
+                from evaluation.metrics import LipSync
+
+                sync = self.backends.sync
+                m = LipSync.for_embedder(sync)
+                i0 = int(drive.index[0])
+                audio = drive.audio[sync.audio_kind][2 * i0:2 * (i0 + len(drive.index))]
+                m.update(*sync.embed(out.geometry.exp, audio))
             else:  # pragma: no cover - PROTOCOL_METRICS names only the families above
                 raise ValueError(f"unknown metric family {fam}")
             states[fam] = m
@@ -259,6 +302,23 @@ class ItemScorer:
         res.states[model] = states
         if skipped:
             res.not_computed[model] = skipped
+
+
+    def _sync_blocker(self, out, drive: ClipData) -> str | None:
+        """Why the sync metric cannot run on this item (None when it can)."""
+        sync = self.backends.sync
+        if sync is None:
+            return self.backends.notes["LSE"]
+        if not isinstance(sync, LandmarkSyncEmbedder):
+            return (self.backends.notes["LSE"] + "; not computed: the job does not read clip waveforms for SyncNet v2 "
+                    "crops yet (give evaluate.sync_model for Sync-lm)")
+        if out.geometry is None:
+            return "Sync-lm reads the generated frames' expression; the model's frames carry no fitted geometry"
+        if sync.audio_kind not in drive.audio:
+            return f"Sync-lm was trained on {sync.audio_kind} features; this dataset has none for the clip"
+        if drive.index[-1] - drive.index[0] != len(drive.index) - 1:
+            return "Sync-lm needs consecutive frames; the clip's scored frames have gaps (invalid frames)"
+        return None
 
 
 def _fresh_lpips(template):
@@ -274,8 +334,8 @@ class EvalOperator:
     """Ray Data operator: loads the scorer once; a batch of items in, pickled ItemResults out."""
 
     def __init__(self, layout_uri: str, models: list[str], backend_paths: dict[str, str | None], max_frames: int,
-                 strip_frames: int, threads: int):
-        self.scorer = ItemScorer(layout_uri, models, backend_paths, max_frames, strip_frames, threads)
+                 strip_frames: int, threads: int, sync_checkpoint: str | None):
+        self.scorer = ItemScorer(layout_uri, models, backend_paths, max_frames, strip_frames, threads, sync_checkpoint)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         keys, payloads = [], []
@@ -345,6 +405,18 @@ def _backend_paths(cfg: R3PConfig) -> dict[str, str | None]:
     return {k: str(asset_path(k, cfg.home, cfg.assets)) for k in ("fid_inception", "insightface", "syncnet", "lpips")}
 
 
+def sync_checkpoint(cfg: R3PConfig, layout: shards.Layout) -> str | None:
+    """The landmark SyncNet checkpoint folder of `evaluate.sync_model` (run name under the runs folder, or a folder)."""
+    if not cfg.evaluate.sync_model:
+        return None
+    from pipeline.train import TrainError, resolve_checkpoint, storage_root
+
+    try:
+        return resolve_checkpoint(cfg.evaluate.sync_model, storage_root(cfg, layout))
+    except TrainError as exc:
+        raise EvaluateError(f"evaluate.sync_model: {exc}") from None
+
+
 def _signature(models: list[str], paths: dict[str, str | None], max_frames: int) -> str:
     """Cache folder name: what makes a cached item result reusable (models, weight files and sizes, frames)."""
     files = {}
@@ -370,10 +442,10 @@ def _select_clips(layout: shards.Layout, split: str, limit: int | None) -> list[
 
 
 def _run_items(items: list[EvalItem], layout_uri: str, models: list[str], paths: dict[str, str | None], cfg: R3PConfig,
-               address: str | None, use_ray: bool) -> list[ItemResult]:
+               address: str | None, use_ray: bool, sync_checkpoint: str | None) -> list[ItemResult]:
     ec = cfg.evaluate
     if not use_ray:
-        scorer = ItemScorer(layout_uri, models, paths, ec.max_frames, ec.strip_frames, ec.threads)
+        scorer = ItemScorer(layout_uri, models, paths, ec.max_frames, ec.strip_frames, ec.threads, sync_checkpoint)
         return [scorer(it) for it in items]
     import ray
     from ray.data import ActorPoolStrategy, DataContext
@@ -394,7 +466,7 @@ def _run_items(items: list[EvalItem], layout_uri: str, models: list[str], paths:
         warnings.simplefilter("ignore")
         out = ds.map_batches(EvalOperator, fn_constructor_kwargs={
             "layout_uri": layout_uri, "models": models, "backend_paths": paths, "max_frames": ec.max_frames,
-            "strip_frames": ec.strip_frames, "threads": ec.threads},
+            "strip_frames": ec.strip_frames, "threads": ec.threads, "sync_checkpoint": sync_checkpoint},
             batch_size=1, batch_format="pyarrow", compute=ActorPoolStrategy(size=n), **remote)
     results = []
     for batch in out.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -418,7 +490,9 @@ def run_evaluate(data: str, cfg: R3PConfig, *, models: list[str] | None = None, 
     clips = _select_clips(layout, split, limit or ec.limit)
     items, skipped = build_items(plist, clips)
     paths = _backend_paths(cfg)
-    sig = _signature(names, paths, ec.max_frames)
+    sync_ckpt = sync_checkpoint(cfg, layout)
+    sig = _signature(names, {**paths, "sync_model": sync_ckpt and str(Path(sync_ckpt) / "model.safetensors")},
+                     ec.max_frames)
     out_dir = Path(out) if out else Path(layout.dir) / "evaluations" / f"{split}-{clip_list_hash([c for c, _ in clips])}"
     cache = out_dir / "cache" / sig
     cache.mkdir(parents=True, exist_ok=True)
@@ -431,7 +505,7 @@ def run_evaluate(data: str, cfg: R3PConfig, *, models: list[str] | None = None, 
     say(f"r3p evaluate: {len(clips)} clips ({split}), protocols {','.join(plist)}, models {','.join(names)}: "
         f"{len(items)} items, {len(cached)} cached, {len(todo)} to compute")
     t1 = time.perf_counter()
-    fresh = _run_items(todo, layout.uri, names, paths, cfg, address, use_ray) if todo else []
+    fresh = _run_items(todo, layout.uri, names, paths, cfg, address, use_ray, sync_ckpt) if todo else []
     compute_s = time.perf_counter() - t1
     for r in fresh:
         if r.error is None:  # failures are retried on the next run
@@ -442,7 +516,7 @@ def run_evaluate(data: str, cfg: R3PConfig, *, models: list[str] | None = None, 
     merged = merge_results(results, names)
     from evaluation.metrics.backends import resolve_backends
 
-    notes = resolve_backends(**paths).notes
+    notes = resolve_backends(**paths, landmark_sync=LandmarkSyncEmbedder(sync_ckpt) if sync_ckpt else None).notes
     failed = [{"item": r.key, "protocol": r.protocol, "clip_id": r.clip_id, "source_clip_id": r.source_clip_id,
                "error": r.error} for r in results if r.error]
     ok_fresh = [r for r in fresh if r.error is None]

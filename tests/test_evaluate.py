@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -205,3 +206,42 @@ def test_empty_split_names_the_split_and_counts(dataset, cfg, capsys):
     empty = next(s for s in ("test", "train", "val") if s not in splits)  # 3 speakers cannot fill 3 splits + 1
     with pytest.raises(EvaluateError, match=f"no usable clips in split '{empty}'"):
         run_evaluate(str(dataset), cfg, split=empty, say=lambda _: None)
+
+
+def _syncnet_checkpoint(folder: Path) -> Path:
+    """A small landmark SyncNet checkpoint (random weights, mel input) in the training job's folder format."""
+    import json
+    from dataclasses import asdict
+
+    import torch
+    from safetensors.torch import save_file
+
+    from training.checkpoint import META, WEIGHTS, stub_info
+    from training.registry import get_stage
+
+    stage = get_stage("syncnet")
+    params = stage.params_from_dict({"width": 16, "layers": 2, "embed": 16})
+    meta = {"stage": "syncnet", "params": asdict(params), "info": {"audio_dim": 80, "audio": "mel"}, "step": 7}
+    torch.manual_seed(0)
+    net = stage.build(params, stub_info(meta))
+    folder.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / WEIGHTS))
+    (folder / META).write_text(json.dumps(meta))
+    return folder
+
+
+def test_sync_lm_runs_with_a_landmark_syncnet_checkpoint(dataset, tmp_path):
+    ckpt = _syncnet_checkpoint(tmp_path / "runs" / "sync" / "final")
+    cfg = load_config("tiny", overrides=[*EVAL_SET, f"evaluate.sync_model={ckpt}"])
+    s = run_evaluate(str(dataset), cfg, split="all", protocols="audio", out=str(tmp_path / "eval"), use_ray=False,
+                     tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", say=lambda _: None)
+    assert "Sync-lm-D/C on landmark SyncNet sync/final step 7" in s["backends"]["LSE"]
+    assert "LSE" not in s["not_computed"]["audio"]["ground_truth"]
+    for m in ("static", "ground_truth"):
+        d, c = _value(s, "audio", "Sync-lm-D", m), _value(s, "audio", "Sync-lm-C", m)
+        assert np.isfinite(d) and d > 0 and c >= 0  # C = median - min of the offset curve
+    assert _value(s, "audio", "LMD", "ground_truth") == 0.0
+    bad = load_config("tiny", overrides=[*EVAL_SET, "evaluate.sync_model=no-such-run"])
+    with pytest.raises(EvaluateError, match="evaluate.sync_model: no checkpoint at 'no-such-run'"):
+        run_evaluate(str(dataset), bad, split="all", protocols="audio", out=str(tmp_path / "e2"), use_ray=False,
+                     say=lambda _: None)
