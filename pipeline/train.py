@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import posixpath
 import shutil
 import time
@@ -35,6 +36,7 @@ from training.registry import get_stage
 from training.stage import BASE_CLIP_COLUMNS, ClipArrays, Stage, StageError
 
 FINAL = "final"
+MIN_BATCHES_PER_EPOCH = 256
 
 
 class TrainError(RuntimeError):
@@ -248,6 +250,11 @@ def _fit(stage, params, pdict, info, layout, run_json, sel, col, root, run_name,
     t_data = time.perf_counter()
     train_ds = build_dataset(layout, sel, stage, pdict, col, tc.seed)
     n_train = train_ds.count()
+    # small datasets: one "epoch" of the worker loop is several passes (the same blocks, no copies), so the
+    # per-epoch start of a Ray Data iteration is not paid every few steps
+    passes = max(1, math.ceil(MIN_BATCHES_PER_EPOCH * params.batch_size / max(n_train, 1)))
+    if passes > 1 and n_train >= params.batch_size:
+        train_ds = train_ds.union(*([train_ds] * (passes - 1)))
     datasets = {"train": train_ds}
     n_val = 0
     if tc.val_split != "none" and tc.val_split != tc.split:
@@ -261,7 +268,8 @@ def _fit(stage, params, pdict, info, layout, run_json, sel, col, root, run_name,
     if n_train < params.batch_size:
         raise TrainError(f"{n_train} training examples from {sel.num_rows} clips are fewer than one batch "
                          f"(training.{stage.name}.batch_size={params.batch_size}); use more data or a smaller batch")
-    say(f"r3p train {stage.name}: {sel.num_rows} clips ({tc.split}) → {n_train} examples, {n_val} validation "
+    say(f"r3p train {stage.name}: {sel.num_rows} clips ({tc.split}) → {n_train} examples ({passes} pass(es) per "
+        f"epoch), {n_val} validation "
         f"examples, audio {col} ({info['audio_dim']}-d); data prepared in {data_s:.1f} s")
 
     uri = tracking_uri or tc.tracking_uri or tracking.default_tracking_uri(layout.root)
@@ -284,7 +292,7 @@ def _fit(stage, params, pdict, info, layout, run_json, sel, col, root, run_name,
     meta = {"config": cfg.model_dump(mode="json"), "dataset": dataset, "run": run_name, "mlflow_run_id": run_id,
             "code_version": code, "config_hash": cfg_hash}
     loop_config = {"stage": stage.name, "params": pdict, "info": info, "seed": tc.seed, "threads": tc.threads,
-                   "log_every": tc.log_every, "checkpoint_every": tc.checkpoint_every, "n_train": n_train,
+                   "log_every": tc.log_every, "checkpoint_every": tc.checkpoint_every, "n_train": n_train * passes,
                    "has_val": "val" in datasets, "val_batches": tc.val_batches, "tracking_uri": uri,
                    "run_id": run_id, "meta": meta, "init_from": init_from, "inject_nan_step": tc.inject_nan_step}
     use_gpu = tc.gpus_per_worker > 0

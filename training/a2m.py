@@ -125,7 +125,8 @@ class A2M(nn.Module):
         fe = self.f0_emb(f0_coarse(f0, self.f0_bins)).transpose(1, 2)
         fe = nn.functional.avg_pool1d(fe, 2)[..., :t]
         be = self.blink_emb(blink.round().long().clamp(0, 1)).transpose(1, 2)[..., :t]
-        ae = (amp[:, None] * self.amp_vec[None]).unsqueeze(-1).expand(-1, -1, t)
+        rel = amp / self.amp_ref.clamp_min(1e-3) - 1.0  # relative to the training mean: O(1) whatever the units
+        ae = (rel[:, None] * self.amp_vec[None]).unsqueeze(-1).expand(-1, -1, t)
         return self.cond(torch.cat([a, fe, be, ae], 1))
 
     def _g_latent(self, g: torch.Tensor) -> torch.Tensor:
@@ -202,7 +203,7 @@ class A2MStage(Stage):
     frame_columns = ("index", "exp", "eye_aspect_ratio", "mouth_opening")
     Params = A2MParams
     sizes = {
-        "tiny": dict(steps=1200, batch_size=32, lr=2e-3, lr_decay=0.5, lr_decay_every=400, window=32,
+        "tiny": dict(steps=600, batch_size=32, lr=2e-3, lr_decay=0.5, lr_decay_every=200, window=32,
                      window_stride=4, hidden=64, kernel=5, enc_layers=2, dec_layers=2, latent=8, stride=4, flows=2,
                      flow_hidden=32, flow_layers=2, f0_bins=64, kl_ramp=100, kl_hold=100, sync_windows=4),
         # reference: Adam 5e-4, 1k warm-up, ×0.1 per 250k (floor 1e-6), 400k updates, grad-norm clip 1
