@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/metrics.py
 	$(BIN)/python benchmarks/multiview.py
 	$(BIN)/python benchmarks/segmentation.py
+	$(BIN)/python benchmarks/train.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -303,7 +303,7 @@ class A2MStage(Stage):
             terms["sync"] = sync_bce(cos, torch.ones_like(cos))
             weights["sync"] = p.w_sync
         total = sum(weights[k] * v for k, v in terms.items())
-        return total, {k: float(v) for k, v in terms.items()}
+        return total, {k: v.item() for k, v in terms.items()}
 
     @torch.no_grad()
     def validate(self, model, batches, p, frozen):

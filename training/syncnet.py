@@ -161,7 +161,7 @@ class SyncNetStage(Stage):
     def loss(self, model, batch, step, p, frozen):
         cos = model(batch["audio"], batch["exp"])
         loss = sync_bce(cos, batch["label"])
-        return loss, {"loss_sync": float(loss)}
+        return loss, {"loss_sync": loss.item()}
 
     @torch.no_grad()
     def validate(self, model, batches, p, frozen):
