@@ -188,15 +188,16 @@ def test_only_matte_connected_to_the_face_or_neck_counts():
 
 
 def test_colour_matte_stays_inside_the_supported_region(faces):
-    for name, crop, lm, inside, back in faces[:3]:
-        person = make_segmenter("colour").segment(crop[None], lm[None]).person[0] >= 0.5
+    for name, crop, lm, inside, back in faces:
+        if name not in ("grace_hopper#0", "astronaut#0", "t1#2", "t1#4"):
+            continue
         support = person_region(head_frame(lm), 512, 512)
         grown = cv2.dilate(support.astype(np.uint8), np.ones((15, 15), np.uint8)) > 0  # 160-px work size
+        person = make_segmenter("colour").segment(crop[None], lm[None]).person[0] >= 0.5
         assert not (person & ~grown).any(), name
-    # without bounds the old behaviour is available (and differs somewhere on these photos)
-    name, crop, lm, inside, back = faces[2]
-    free = make_segmenter("colour", bounds=None).segment(crop[None], lm[None]).person[0]
-    assert free.shape == (512, 512)
+        if name == "t1#4":  # without bounds (the old behaviour) the matte leaks into the pillar beside the face
+            free = make_segmenter("colour", bounds=None).segment(crop[None], lm[None]).person[0] >= 0.5
+            assert (free & ~grown).sum() > 200  # measured 596 px
 
 
 def test_body_bounds_validation():
