@@ -12,8 +12,8 @@ is the working tree's. Both run on the same inputs:
 - real: portrait photos that ship inside installed packages (matplotlib's grace_hopper, scikit-image's
   astronaut, insightface's t1 group photo with six faces) with busy backgrounds (flags, a room, other
   people). Each dlib face becomes a short clip (`--frames`, a slow zoom-in with a small pan) cut like
-  the tracker's crop (3 × face width, 512²) and a wider framing (4.5 ×; `--crop-scales`). Measures, averaged over frames (in face sizes s, the
-  jaw width or eye–chin / 0.8, whichever is larger):
+  the tracker's crop (3 × face width, 512²) and a wider framing (4.5 ×; `--crop-scales`). Measures,
+  averaged over frames (in face sizes s, the jaw width or eye–chin / 0.8, whichever is larger):
   - `head_out`: fraction of the head mask beyond a loose allowance (more than 1.2 s above the brows,
     or 0.6 s beside the jaw ends) — nowhere a head reaches;
   - `head_top`: fraction of the crop's top row covered by the head mask;
@@ -21,11 +21,11 @@ is the working tree's. Both run on the same inputs:
     (|a| > 0.6 s) or more than 2.2 s to the side — background beside the head taken for shoulders;
   - `bg_person`, `bg_head`, `bg_torso`: fraction of hand-marked background boxes (walls, flags,
     lamp; in the photos' pixels, listed in `PHOTOS`) covered by the matte / head / torso.
-
-- the real path: the demo's synthetic clip (seed 0, as `make demo` runs it: dlib landmarks, fit) and
-  each photo as a 1 s video (the same zoom and pan over the whole photo) through
-  `process_clip` (tracking, 3DMM fit, fitted face silhouettes, segmentation, split; tiny preset):
-  the fraction of the background boxes labelled head / torso, and of the top row labelled head.
+- the real path: the demo's synthetic clip (seed 0, as `make demo` runs it: dlib landmarks, fit;
+  IoUs against ground truth) and each photo as a 1 s video (the same zoom and pan over the whole
+  photo) through `process_clip` (tracking, 3DMM fit, fitted face silhouettes, segmentation, split;
+  tiny preset): the fraction of the background boxes labelled head / torso, and of the top row
+  labelled head.
 
     python benchmarks/segmentation.py [--before REV] [--identities 3] [--seconds 2] [--frames 8]
                                       [--crop-scales 3,4.5] [--pipeline-frames 25] [--json OUT]
@@ -216,7 +216,8 @@ def photo_clips(n_frames: int, crop_scale: float = 3.0):
                 lms.append(landmarks_to_crop(face.landmarks, box, 512))
                 bgs.append(crop_frames(bg[..., None].repeat(3, -1)[None], box, 512)[0, ..., 0] > 127)
                 ins.append(crop_frames(white[..., None].repeat(3, -1)[None], box, 512)[0, ..., 0] > 127)
-            yield (f"{name}#{k}@{crop_scale:g}" if len(faces) > 1 else f"{name}@{crop_scale:g}", np.stack(frames), np.stack(lms).astype(np.float32),
+            label = f"{name}#{k}@{crop_scale:g}" if len(faces) > 1 else f"{name}@{crop_scale:g}"
+            yield (label, np.stack(frames), np.stack(lms).astype(np.float32),
                    np.stack(ins), np.stack(bgs))
 
 
@@ -272,7 +273,8 @@ def photo_video(name: str, n_frames: int, work: Path) -> tuple[Path, np.ndarray]
         m[0, 2] += 0.02 * w * np.sin(2 * np.pi * f)
         frames.append(cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT))
         bgs.append(cv2.warpAffine(bg, m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0) > 127)
-    quiet = np.random.default_rng(0).normal(0.0, 0.01, int(n_frames / 25.0 * 16000)).astype(np.float32)  # the job needs audio
+    # the job needs an audio track: quiet noise
+    quiet = np.random.default_rng(0).normal(0.0, 0.01, int(n_frames / 25.0 * 16000)).astype(np.float32)
     path = encode_mp4(work / f"{name}.mp4", np.stack(frames), 25.0, audio=quiet)
     return path, np.stack(bgs)
 
