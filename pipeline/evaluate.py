@@ -419,10 +419,15 @@ def sync_checkpoint(cfg: R3PConfig, layout: shards.Layout) -> str | None:
 
 def _signature(models: list[str], paths: dict[str, str | None], max_frames: int) -> str:
     """Cache folder name: what makes a cached item result reusable (models, weight files and sizes, frames)."""
-    files = {}
-    for k, p in sorted(paths.items()):
+    files: dict[str, Any] = {}
+    for k, p in sorted(paths.items()):  # a missing file counts as absent wherever it was looked for
         q = Path(p) if p else None
-        files[k] = [p, q.stat().st_size if q is not None and q.is_file() else (q.is_dir() if q else None)]
+        if q is not None and q.is_file():
+            files[k] = [p, q.stat().st_size, q.stat().st_mtime_ns]
+        elif q is not None and q.is_dir():
+            files[k] = [p, sorted((f.name, f.stat().st_size) for f in q.iterdir() if f.is_file())]
+        else:
+            files[k] = None
     raw = json.dumps({"format": CACHE_FORMAT, "models": sorted(models), "files": files, "max_frames": max_frames},
                      sort_keys=True)
     return hashlib.sha256(raw.encode()).hexdigest()[:12]

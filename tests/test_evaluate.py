@@ -144,10 +144,17 @@ def test_ray_merge_equals_single_process_pass(evaluation, dataset, cfg):
     assert n == 2 * len(evaluation["table"]) >= 2 * 12
 
 
-def test_rerun_uses_the_cache_and_gives_the_same_table(evaluation, dataset, cfg):
+def test_rerun_uses_the_cache_and_gives_the_same_table(evaluation, dataset, capsys):
+    import json
+
     out = Path(evaluation["out"])
-    s = run_evaluate(str(dataset), cfg, split="all", out=str(out), tracking_uri=evaluation["mlflow_tracking_uri"],
-                     say=lambda _: None)
+    sets = [x for kv in EVAL_SET for x in ("--set", kv)]
+    assert main(["evaluate", "--preset", "tiny", *sets, "--data", str(dataset), "--split", "all", "--out", str(out),
+                 "--tracking-uri", evaluation["mlflow_tracking_uri"]]) == 0
+    printed = capsys.readouterr().out
+    assert "9 items, 9 cached, 0 to compute" in printed and f"report: {out / 'report.html'}" in printed
+    assert "self     PSNR" in printed and "100.0000" in printed
+    s = json.loads((out / "summary.json").read_text())
     assert s["computed"] == 0 and s["cached"] == 9
     assert s["table"] == evaluation["table"]
     assert len(list(Path(s["cache"]).glob("*.pkl"))) == 9
