@@ -73,6 +73,7 @@ def run_demo(cfg: R3PConfig, out_dir: Path) -> dict:
     meta.update(preprocess_demo(cfg, Path(meta["corpus"]), out_dir))
     meta.update(multiview_demo(cfg, Path(meta["dataset"]), out_dir))
     meta.update(evaluate_demo(cfg, Path(meta["dataset"]), out_dir))
+    meta.update(train_demo(cfg, Path(meta["dataset"]), out_dir))
     meta["total_seconds"] = round(time.perf_counter() - t0, 3)
     (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2))
     (out_dir / "config.yaml").write_text(config_to_yaml(cfg))
@@ -194,3 +195,69 @@ def evaluate_demo(cfg: R3PConfig, dataset: Path, out_dir: Path) -> dict:
     s = run_evaluate(str(dataset), cfg, split=split, out=str(out), say=lambda _: None)
     return {"evaluation": s, "evaluation_split": split, "evaluation_table": format_table(s),
             "evaluation_report": s["report"]}
+
+
+def train_demo(cfg: R3PConfig, dataset: Path, out_dir: Path) -> dict:
+    """`r3p train` SyncNet then A2M (tiny sizes; the train split, or every ok clip when no speaker hashed into it)
+    on the demo dataset, and a plot of the A2M's predicted vs true mouth opening for a held-out clip (else a
+    training one, said in the output)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from pipeline import shards
+    from pipeline.preprocess import ensure_ray
+    from pipeline.train import clip_arrays, run_train
+    from training.a2m import pearson, predict_motion
+    from training.checkpoint import load_model
+    from training.keypoints import mouth_opening
+
+    layout = shards.open_dataset(str(dataset))
+    clips = shards.read_table(layout, "clips")
+    clips = clips.filter(pc.equal(clips["status"], "ok"))
+    split = "train" if "train" in set(clips["split"].to_pylist()) else "all"  # the demo has few speakers
+    tcfg = cfg.model_copy(deep=True)
+    t = tcfg.training
+    t.size, t.split, t.val_split, t.checkpoint_every, t.cpus_per_worker = "tiny", split, "none", 500, 0.5
+    extra = t.model_extra
+    extra["syncnet"] = {"steps": 300, "batch_size": 16, **extra.get("syncnet", {})}
+    extra["a2m"] = {"steps": 300, "batch_size": 8, "syncnet": "demo-syncnet", **extra.get("a2m", {})}
+    lines: list[str] = []
+    started = ensure_ray(num_cpus=2)
+    try:
+        sync = run_train("syncnet", str(dataset), "demo-syncnet", tcfg, say=lines.append)
+        a2m = run_train("a2m", str(dataset), "demo-a2m", tcfg, say=lines.append)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    (out_dir / "training.log").write_text("\n".join(lines) + "\n")
+    held = clips.filter(pc.is_in(clips["split"], pa.array(["val", "test"]))) if split == "train" else clips.slice(0, 0)
+    which = "held-out" if held.num_rows else "training (the demo dataset has no held-out speaker)"
+    clips = held if held.num_rows else clips
+    frames = shards.read_table(layout, "frames", ["clip_id", "index", "exp"])
+    clip = clip_arrays(clips.slice(0, 1), frames, "mel", ("index", "exp"))[0]
+    _, p, model, _ = load_model(a2m["checkpoint"])
+    pred = predict_motion(model, clip.audio, clip.f0, temperature=p.temperature)
+    idc = torch.as_tensor(clip.id_coeff)
+    true_o = mouth_opening(model.kp(idc, torch.as_tensor(clip.frames["exp"]))).numpy()
+    pred_o = mouth_opening(model.kp(idc, torch.as_tensor(pred))).numpy()
+    r = pearson(pred_o, true_o)
+    fig, ax = plt.subplots(figsize=(8, 3), dpi=110)
+    tt = np.arange(len(true_o)) / 25.0
+    ax.plot(tt, true_o, label="true (fitted 3DMM)", color="black")
+    ax.plot(tt, pred_o, label="A2M from the audio", color="tab:red")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("mouth opening")
+    ax.set_title(f"{clip.clip_id} ({which}); r = {r:.2f}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    plot = out_dir / "mouth_opening.png"
+    fig.savefig(plot)
+    plt.close(fig)
+    return {"train_syncnet": sync, "train_a2m": a2m, "train_plot": str(plot), "train_plot_clip": clip.clip_id,
+            "train_plot_which": which, "train_plot_r": round(r, 3), "train_log": str(out_dir / "training.log")}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,9 @@ def open_run(uri: str, experiment: str, run_name: str, artifact_root: str | None
     c.log_dict(run_id, dataset, "dataset.json")
     mlflow.set_tracking_uri(uri)
     try:
-        source = resolve_dataset_source(dataset["uri"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # a local path matches two equivalent source types
+            source = resolve_dataset_source(dataset["uri"])
     except Exception:  # noqa: BLE001 - any unresolvable location is still recorded by name
         from mlflow.data.http_dataset_source import HTTPDatasetSource
 
