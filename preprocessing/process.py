@@ -38,7 +38,7 @@ from preprocessing.landmarks import make_detector
 from preprocessing.landmarks.tracking import crop_frames
 from preprocessing.record import SEG_BACKGROUND, SEG_HEAD, SEG_TORSO, ClipRecord
 from preprocessing.render import mouth_box, render_pncc, render_secc, to_uint8
-from preprocessing.segmentation import inpaint_torso, make_segmenter, split_parts
+from preprocessing.segmentation import bounded_matte, inpaint_torso, make_segmenter, split_parts
 
 
 RENDER_BATCH = 8  # frames per rasterisation batch inside a chunk (bounds the float fragment buffers)
@@ -204,6 +204,7 @@ class ClipProcessor:
                 for i in range(len(frames)):
                     head, torso = split_parts(seg.person[i], lms[start + i], face_mask=face_masks[i],
                                               classes=None if seg.classes is None else seg.classes[i])
+                    seg.person[i] = bounded_matte(seg.person[i], head, torso)  # what the split rejected is not person
                     lab = np.full((size, size), SEG_BACKGROUND, np.uint8)
                     lab[torso] = SEG_TORSO
                     lab[head] = SEG_HEAD

@@ -207,3 +207,19 @@ def test_body_bounds_validation():
         BodyBounds(arm_spread=-1)
     with pytest.raises(ValueError, match="shoulder_half"):
         BodyBounds(neck_half=2.0, shoulder_half=1.0)
+
+
+def test_bounded_matte_drops_what_the_split_rejected(faces):
+    """The person matte written to the dataset (and used by the composite and the plate) is the split's."""
+    from preprocessing.segmentation import bounded_matte
+
+    _, _, lm, _, _ = next(f for f in faces if f[0] == "grace_hopper#0")
+    alpha, lm = _wide(lm)
+    alpha = alpha.astype(np.float32) * 0.9
+    head, torso = split_parts(alpha, lm)
+    out = bounded_matte(alpha, head, torso, grow=3)
+    person = head | torso
+    assert np.array_equal(out[person], alpha[person])  # inside: unchanged, soft values kept
+    far = ~cv2.dilate(person.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    assert far.any() and not out[far].any()  # rejected background: no longer person
+    assert out[0].max() == 0.0 and out.dtype == np.float32

@@ -34,6 +34,7 @@ from .colour import ColourSegmenter
 from .parts import (
     DEFAULT_BOUNDS,
     BodyBounds,
+    bounded_matte,
     HeadFrame,
     connected_to,
     head_frame,
@@ -47,6 +48,6 @@ from .parts import (
 __all__ = [
     "BACKGROUND", "BODY_SKIN", "CLASS_NAMES", "CLOTHES", "FACE_SKIN", "HAIR", "OTHERS", "Segmentation",
     "SegmentationError", "Segmenter", "available_segmenters", "check_inputs", "make_segmenter",
-    "ColourSegmenter", "BodyBounds", "DEFAULT_BOUNDS", "HeadFrame", "connected_to", "head_frame", "head_region",
+    "ColourSegmenter", "BodyBounds", "bounded_matte", "DEFAULT_BOUNDS", "HeadFrame", "connected_to", "head_frame", "head_region",
     "inpaint_torso", "person_region", "split_parts", "torso_region",
 ]

@@ -266,6 +266,16 @@ def split_parts(person_alpha: np.ndarray, landmarks: np.ndarray, face_mask: np.n
     return head, torso
 
 
+def bounded_matte(person_alpha: np.ndarray, head: np.ndarray, torso: np.ndarray, grow: int = 3) -> np.ndarray:
+    """The matte (H, W) float in [0, 1] limited to the labelled person: zero farther than `grow` px from
+    head ∪ torso, so matte the split rejected (background outside the face-geometry bounds, blobs not
+    connected to the face) is not person in the composite or the background plate either."""
+    keep = (np.asarray(head, bool) | np.asarray(torso, bool)).astype(np.uint8)
+    if grow > 0:
+        keep = cv2.dilate(keep, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
+    return np.where(keep.astype(bool), np.asarray(person_alpha, np.float32), np.float32(0.0))
+
+
 def inpaint_torso(frame: np.ndarray, head: np.ndarray, torso: np.ndarray, max_extend: float = 0.15,
                   probe: int = 6, tolerance: int = 3) -> np.ndarray:
     """The torso image with the part the head hides filled in: RGB uint8 (H, W, 3), background 0.
