@@ -33,7 +33,7 @@ from evaluation.protocols import PROTOCOL_METRICS, EvalItem, build_items, clip_l
 from pipeline import shards
 from pipeline.config import R3PConfig
 
-FRAME_COLUMNS = ["clip_id", "index", "valid", "frame_jpeg", "landmarks", "exp", "euler"]
+FRAME_COLUMNS = ["clip_id", "index", "timestamp", "valid", "frame_jpeg", "landmarks", "exp", "euler"]
 AUDIO_COLUMNS = ("mel", "f0", "rms", "hubert")
 CACHE_FORMAT = 1
 
@@ -55,6 +55,8 @@ class ClipData:
     geometry: Geometry
     audio: dict[str, np.ndarray]
     index: np.ndarray  # frame index in the clip of each row (audio features have 2 rows per frame index)
+    timestamps: np.ndarray  # seconds in the source video of each row
+    source: str | None  # the video the clip was cut from (its waveform feeds SyncNet v2)
 
 
 def _shard_files(layout: shards.Layout, table: str) -> list[str]:
@@ -83,7 +85,7 @@ def load_clip(layout: shards.Layout, clip_id: str, max_frames: int, min_frames: 
     exp = np.asarray(t["exp"].to_pylist(), dtype=np.float64)[idx]
     euler = np.asarray(t["euler"].to_pylist(), dtype=np.float64)[idx]
     audio: dict[str, np.ndarray] = {}
-    cparts = [pq.read_table(p, filesystem=layout.fs, columns=["clip_id", *AUDIO_COLUMNS],
+    cparts = [pq.read_table(p, filesystem=layout.fs, columns=["clip_id", "source", *AUDIO_COLUMNS],
                             filters=[("clip_id", "=", clip_id)]) for p in _shard_files(layout, "clips")]
     crow = pa.concat_tables(cparts).to_pylist() if cparts else []
     if crow:
@@ -91,7 +93,9 @@ def load_clip(layout: shards.Layout, clip_id: str, max_frames: int, min_frames: 
             if crow[0][k] is not None:
                 audio[k] = np.asarray(crow[0][k], dtype=np.float32)
     index = np.asarray(t["index"].to_pylist(), dtype=np.int64)[idx]
-    return ClipData(clip_id, frames, Geometry(lm[idx], exp, euler), audio, index)
+    stamps = np.asarray(t["timestamp"].to_pylist(), dtype=np.float64)[idx]
+    return ClipData(clip_id, frames, Geometry(lm[idx], exp, euler), audio, index, stamps,
+                    crow[0]["source"] if crow else None)
 
 
 class LandmarkSyncEmbedder:
@@ -187,6 +191,7 @@ class ItemScorer:
 
             self._lpips = LPIPS(self.backends.lpips_dir)
         self._emb: dict[bytes, np.ndarray] = {}
+        self._audio, self._audio_key = np.zeros(0, np.float32), None
 
     # -- embeddings with a content cache
     def _cached(self, tag: str, fn: Callable[[np.ndarray, np.ndarray | None], np.ndarray], frames: np.ndarray,
@@ -290,9 +295,12 @@ class ItemScorer:
 
                 sync = self.backends.sync
                 m = LipSync.for_embedder(sync)
-                i0 = int(drive.index[0])
-                audio = drive.audio[sync.audio_kind][2 * i0:2 * (i0 + len(drive.index))]
-                m.update(*sync.embed(out.geometry.exp, audio))
+                if isinstance(sync, LandmarkSyncEmbedder):
+                    i0 = int(drive.index[0])
+                    audio = drive.audio[sync.audio_kind][2 * i0:2 * (i0 + len(drive.index))]
+                    m.update(*sync.embed(out.geometry.exp, audio))
+                else:  # SyncNet v2: whole aligned face crops at 224² (Wav2Lip's LRS mode) + the source waveform
+                    m.update(*sync.embed(_resize(out.frames, 224), self._waveform(drive)))
             else:  # pragma: no cover - PROTOCOL_METRICS names only the families above
                 raise ValueError(f"unknown metric family {fam}")
             states[fam] = m
@@ -309,16 +317,33 @@ class ItemScorer:
         sync = self.backends.sync
         if sync is None:
             return self.backends.notes["LSE"]
+        if drive.index[-1] - drive.index[0] != len(drive.index) - 1:
+            return "lip sync needs consecutive frames; the clip's scored frames have gaps (invalid frames)"
         if not isinstance(sync, LandmarkSyncEmbedder):
-            return (self.backends.notes["LSE"] + "; not computed: the job does not read clip waveforms for SyncNet v2 "
-                    "crops yet (give evaluate.sync_model for Sync-lm)")
+            if not drive.source or not Path(drive.source).is_file():
+                return f"LSE needs the clip's waveform; its source video {drive.source!r} is not a local file here"
+            return None
         if out.geometry is None:
             return "Sync-lm reads the generated frames' expression; the model's frames carry no fitted geometry"
         if sync.audio_kind not in drive.audio:
             return f"Sync-lm was trained on {sync.audio_kind} features; this dataset has none for the clip"
-        if drive.index[-1] - drive.index[0] != len(drive.index) - 1:
-            return "Sync-lm needs consecutive frames; the clip's scored frames have gaps (invalid frames)"
         return None
+
+    def _waveform(self, drive: ClipData) -> np.ndarray:
+        """16 kHz mono samples of the scored frames (640 per frame from the first frame's timestamp)."""
+        from preprocessing.video import read_audio
+
+        if self._audio_key != drive.source:
+            self._audio, self._audio_key = read_audio(drive.source), drive.source
+        s0 = int(round(drive.timestamps[0] * 16000))
+        return self._audio[s0:s0 + 640 * len(drive.frames)]
+
+
+def _resize(frames: np.ndarray, size: int) -> np.ndarray:
+    """Frames (T, H, W, 3) resized to size² (bilinear)."""
+    import cv2
+
+    return np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_LINEAR) for f in frames])
 
 
 def _fresh_lpips(template):

@@ -252,3 +252,23 @@ def test_sync_lm_runs_with_a_landmark_syncnet_checkpoint(dataset, tmp_path):
     with pytest.raises(EvaluateError, match="evaluate.sync_model: no checkpoint at 'no-such-run'"):
         run_evaluate(str(dataset), bad, split="all", protocols="audio", out=str(tmp_path / "e2"), use_ray=False,
                      say=lambda _: None)
+
+
+def test_lse_runs_with_syncnet_v2_weights_on_the_source_waveform(dataset, tmp_path):
+    import torch
+
+    from evaluation.metrics.syncnet import SyncNetV2
+
+    torch.manual_seed(0)
+    weights = tmp_path / "syncnet_v2.model"  # stand-in: the real architecture, random weights, the real file format
+    torch.save({k: v for k, v in SyncNetV2().eval().state_dict().items() if not k.endswith("num_batches_tracked")},
+               weights)
+    cfg = load_config("tiny", overrides=[*EVAL_SET, f"assets.syncnet={weights}"])
+    s = run_evaluate(str(dataset), cfg, split="all", protocols="audio", limit=2, out=str(tmp_path / "eval"),
+                     use_ray=False, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", say=lambda _: None)
+    assert s["backends"]["LSE"].startswith("LSE-D/LSE-C on syncnet_v2.model (sha256 ")
+    assert s["failed"] == [] and "LSE" not in s["not_computed"]["audio"]["static"]
+    for m in ("static", "ground_truth"):
+        assert np.isfinite(_value(s, "audio", "LSE-D", m)) and _value(s, "audio", "LSE-C", m) >= 0
+    # a static mouth and the moving one are different videos: the distances differ
+    assert _value(s, "audio", "LSE-D", "static") != _value(s, "audio", "LSE-D", "ground_truth")
