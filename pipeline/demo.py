@@ -224,7 +224,7 @@ def train_demo(cfg: R3PConfig, dataset: Path, out_dir: Path) -> dict:
     t.size, t.split, t.val_split, t.checkpoint_every, t.cpus_per_worker = "tiny", split, "none", 500, 0.5
     extra = t.model_extra
     extra["syncnet"] = {"steps": 300, "batch_size": 16, **extra.get("syncnet", {})}
-    extra["a2m"] = {"steps": 300, "batch_size": 8, "syncnet": "demo-syncnet", **extra.get("a2m", {})}
+    extra["a2m"] = {"steps": 300, "batch_size": 4, "syncnet": "demo-syncnet", **extra.get("a2m", {})}
     lines: list[str] = []
     started = ensure_ray(num_cpus=2)
     try:

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from training.checkpoint import load_state, load_weights, save_checkpoint
+from training.checkpoint import load_state, load_weights, read_meta, save_checkpoint
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -53,8 +53,7 @@ class _Metrics:
 
 
 def _to_tensors(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-    return {k: (v if isinstance(v, torch.Tensor) else torch.as_tensor(v)).float() if k != "label" else
-            torch.as_tensor(v).float() for k, v in batch.items()}
+    return {k: torch.as_tensor(v).float() for k, v in batch.items()}
 
 
 def _part(batch: dict[str, torch.Tensor], rank: int, world: int) -> dict[str, torch.Tensor]:
@@ -88,11 +87,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=p.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, p.lr_factor)
     step = 0
+    best: float | None = None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             load_weights(d, model)
             step = load_state(d, opt, sched)
+            if stage.best_metric:
+                best = read_meta(d).get("metrics", {}).get(f"best_{stage.best_metric[0]}")
     elif config.get("init_from"):
         load_weights(config["init_from"], model)
     last_ckpt_step = step if ckpt is not None else None
@@ -117,7 +119,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     log_every, ckpt_every = int(config["log_every"]), int(config["checkpoint_every"])
     nan_step = config.get("inject_nan_step")
-    best: float | None = None
     t_start, s_start = time.perf_counter(), step
     window: dict[str, float] = {}
     n_window = 0
@@ -136,6 +137,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(report, checkpoint=None)
         last_ckpt_step = step
 
+    if per_epoch == 0:
+        raise ValueError(f"{n_train} training examples are fewer than one batch of {b}")
     while step < p.steps:
         epoch, skip = divmod(step, per_epoch)
         for i, batch in enumerate(train_it.iter_torch_batches(batch_size=b, drop_last=True, dtypes=torch.float32)):
@@ -185,5 +188,3 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                         best = v if best is None or (v > best if key[1] else v < best) else best
                         val = {**val, f"best_{key[0]}": best}
                 checkpoint_and_report(val)
-        if per_epoch == 0:
-            raise ValueError(f"{n_train} training examples are fewer than one batch of {b}")
