@@ -51,7 +51,8 @@ def parse_protocols(text: str | list[str] | tuple[str, ...]) -> list[str]:
     names = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
     unknown = [n for n in names if n not in PROTOCOLS]
     if unknown or not names:
-        raise ProtocolError(f"--protocols {text!r}: unknown {unknown or 'empty list'}; choose from {','.join(PROTOCOLS)}")
+        raise ProtocolError(f"--protocols {text!r}: unknown {unknown or 'empty list'}; "
+                            f"choose from {','.join(PROTOCOLS)}")
     return list(dict.fromkeys(names))
 
 

@@ -65,15 +65,18 @@ def write_report(path: str | Path, summary: dict[str, Any], results: list, merge
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>r3p evaluation</title><style>",
              "body{font-family:sans-serif;margin:1.5em;max-width:1200px} table{border-collapse:collapse;margin:.5em 0}",
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right} th{background:#eee} td.l{text-align:left}",
-             ".better{color:#17702a;font-size:80%} .worse{color:#b0261b;font-size:80%} img{margin:2px;vertical-align:top}",
+             ".better{color:#17702a;font-size:80%} .worse{color:#b0261b;font-size:80%}",
+             "img{margin:2px;vertical-align:top}",
              ".fail{color:#b0261b}</style></head><body>",
              "<h1>r3p evaluation</h1>",
              f"<p>data <code>{e(summary['data'])}</code>, split <b>{e(summary['split'])}</b>, {summary['clips']} clips "
-             f"(clip-list hash <code>{e(summary['clip_list_hash'])}</code>), protocols {e(', '.join(summary['protocols']))}; "
+             f"(clip-list hash <code>{e(summary['clip_list_hash'])}</code>), "
+             f"protocols {e(', '.join(summary['protocols']))}; "
              f"{summary['items']} items ({summary['cached']} from cache, {summary['computed']} computed, "
              f"{len(summary['failed'])} failed).</p>",
              "<h2>Models</h2><table><tr><th>model</th><th>what it is</th></tr>",
-             *[f"<tr><td class='l'>{e(m)}</td><td class='l'>{e(summary['model_identity'][m])}</td></tr>" for m in models],
+             *[f"<tr><td class='l'>{e(m)}</td><td class='l'>{e(summary['model_identity'][m])}</td></tr>"
+               for m in models],
              "</table><h2>Which weights ran</h2><table><tr><th>metric</th><th>model / reason</th></tr>",
              *[f"<tr><td class='l'>{e(k)}</td><td class='l'>{e(v)}</td></tr>" for k, v in summary["backends"].items()],
              "</table>",
@@ -93,13 +96,16 @@ def write_report(path: str | Path, summary: dict[str, Any], results: list, merge
             txt = f"{v:.4f}"
             if best is not None and np.isclose(v, best):
                 txt = f"<b>{txt}</b>"
-            cells.append(f"<td>{txt}{_mark(v, vals.get('static'), r['higher_is_better']) if m != 'static' else ''}</td>")
+            mark = _mark(v, vals.get("static"), r["higher_is_better"]) if m != "static" else ""
+            cells.append(f"<td>{txt}{mark}</td>")
         parts.append(f"<tr><td class='l'>{e(r['protocol'])}</td><td class='l'>{e(r['metric'])}</td>"
                      f"<td>{'higher' if r['higher_is_better'] else 'lower'}</td>{''.join(cells)}</tr>")
     parts.append("</table>")
-    nc = [(p, m, f, w) for p, per in summary["not_computed"].items() for m, fams in per.items() for f, w in fams.items()]
+    nc = [(p, m, f, w) for p, per in summary["not_computed"].items() for m, fams in per.items()
+          for f, w in fams.items()]
     if nc or summary["protocols_skipped"]:
-        parts.append("<h2>Not computed</h2><table><tr><th>protocol</th><th>model</th><th>metric</th><th>reason</th></tr>")
+        parts.append("<h2>Not computed</h2><table>"
+                     "<tr><th>protocol</th><th>model</th><th>metric</th><th>reason</th></tr>")
         parts += [f"<tr><td class='l'>{e(p)}</td><td class='l'>{e(m)}</td><td class='l'>{e(f)}</td>"
                   f"<td class='l'>{e(w)}</td></tr>" for p, m, f, w in nc]
         parts += [f"<tr><td class='l'>{e(p)}</td><td class='l'>all</td><td class='l'>protocol</td>"
@@ -129,7 +135,8 @@ def write_report(path: str | Path, summary: dict[str, Any], results: list, merge
             parts.append(f"<h4>{e(protocol)}: clip {e(r.clip_id)} (source from {e(r.source_clip_id)})</h4><table>")
             for label in ("source", "driving", *models):
                 if label in r.strips:
-                    parts.append(f"<tr><td class='l'>{e(label)}</td><td class='l'>{_img(r.strips[label], label)}</td></tr>")
+                    parts.append(f"<tr><td class='l'>{e(label)}</td>"
+                                 f"<td class='l'>{_img(r.strips[label], label)}</td></tr>")
             parts.append("</table>")
     parts.append(f"<p>MLflow and cache: <code>{e(summary.get('cache', ''))}</code></p></body></html>")
     path.write_text("\n".join(parts), encoding="utf-8")

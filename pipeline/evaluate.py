@@ -523,7 +523,8 @@ def run_evaluate(data: str, cfg: R3PConfig, *, models: list[str] | None = None, 
     sync_ckpt = sync_checkpoint(cfg, layout)
     sig = _signature(names, {**paths, "sync_model": sync_ckpt and str(Path(sync_ckpt) / "model.safetensors")},
                      ec.max_frames)
-    out_dir = Path(out) if out else Path(layout.dir) / "evaluations" / f"{split}-{clip_list_hash([c for c, _ in clips])}"
+    list_hash = clip_list_hash([c for c, _ in clips])
+    out_dir = Path(out) if out else Path(layout.dir) / "evaluations" / f"{split}-{list_hash}"
     cache = out_dir / "cache" / sig
     cache.mkdir(parents=True, exist_ok=True)
     cached: dict[str, ItemResult] = {}
@@ -551,7 +552,7 @@ def run_evaluate(data: str, cfg: R3PConfig, *, models: list[str] | None = None, 
                "error": r.error} for r in results if r.error]
     ok_fresh = [r for r in fresh if r.error is None]
     summary: dict[str, Any] = {
-        "data": layout.uri, "split": split, "clips": len(clips), "clip_list_hash": clip_list_hash([c for c, _ in clips]),
+        "data": layout.uri, "split": split, "clips": len(clips), "clip_list_hash": list_hash,
         "protocols": plist, "protocols_skipped": skipped, "models": names,
         "model_identity": {m: load_generator(m).identity for m in names}, "backends": notes,
         "items": len(items), "cached": len(cached), "computed": len(fresh), "failed": failed,
