@@ -179,17 +179,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"multi-view set (r3p multiview, morphable teacher, poses from the dataset): {meta['views']} — "
           f"{mv['samples']} samples, {mv['rows']} views, {mv['failed_samples']} failed, in {mv['wall_s']:.0f} s")
     print(f"multi-view sheet: {meta['views_sheet']}")
-    ev = meta["evaluation"]
-    print(f"evaluation (r3p evaluate, split {meta['evaluation_split']}, {ev['clips']} clips, {ev['items']} items in "
-          f"{ev['total_seconds']:.0f} s; {ev['seconds_per_item'] or 0:.1f} s per item):")
-    print(meta["evaluation_table"])
-    print(f"evaluation report: {meta['evaluation_report']}")
     for key in ("train_syncnet", "train_a2m"):
         t = meta[key]
         print(f"r3p train {t['stage']} (tiny) on the demo dataset: {t['steps']} steps in {t['fit_seconds']:.0f} s; "
               f"MLflow run {t['mlflow_run_id']} ({t['mlflow_tracking_uri']}); checkpoint: {t['checkpoint']}")
     print(f"predicted vs true mouth opening, {meta['train_plot_which']} clip {meta['train_plot_clip']} "
           f"(r = {meta['train_plot_r']:.2f}): {meta['train_plot']}")
+    ev = meta["evaluation"]
+    print(f"evaluation (r3p evaluate, split {meta['evaluation_split']}, {ev['clips']} clips, {ev['items']} items in "
+          f"{ev['total_seconds']:.0f} s; {ev['seconds_per_item'] or 0:.1f} s per item):")
+    print(meta["evaluation_table"])
+    print(f"evaluation report: {meta['evaluation_report']}")
     return 0
 
 

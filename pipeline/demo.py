@@ -72,8 +72,8 @@ def run_demo(cfg: R3PConfig, out_dir: Path) -> dict:
     meta.update(clip_demo(cfg, model, Path(meta["tracked_video"]), out_dir))
     meta.update(preprocess_demo(cfg, Path(meta["corpus"]), out_dir))
     meta.update(multiview_demo(cfg, Path(meta["dataset"]), out_dir))
-    meta.update(evaluate_demo(cfg, Path(meta["dataset"]), out_dir))
     meta.update(train_demo(cfg, Path(meta["dataset"]), out_dir))
+    meta.update(evaluate_demo(cfg, Path(meta["dataset"]), out_dir, meta["train_syncnet"].get("checkpoint")))
     meta["total_seconds"] = round(time.perf_counter() - t0, 3)
     (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2))
     (out_dir / "config.yaml").write_text(config_to_yaml(cfg))
@@ -178,9 +178,10 @@ def preprocess_demo(cfg: R3PConfig, corpus: Path, out_dir: Path) -> dict:
             "dataset_report": report, "dataset_sheet": str(out_dir / "dataset_sheet.png")}
 
 
-def evaluate_demo(cfg: R3PConfig, dataset: Path, out_dir: Path) -> dict:
+def evaluate_demo(cfg: R3PConfig, dataset: Path, out_dir: Path, sync_model: str | None = None) -> dict:
     """`r3p evaluate` (static and ground-truth baselines, three protocols) on the demo dataset's test split,
-    or on all its clips when the few demo speakers all hashed into other splits (said in the output)."""
+    or on all its clips when the few demo speakers all hashed into other splits (said in the output);
+    Sync-lm with the demo's landmark SyncNet when given (and no SyncNet v2 weights are installed)."""
     import shutil
 
     from pipeline import shards
@@ -192,6 +193,9 @@ def evaluate_demo(cfg: R3PConfig, dataset: Path, out_dir: Path) -> dict:
     split = "test" if "test" in splits else "all"
     out = out_dir / "evaluation"
     shutil.rmtree(out, ignore_errors=True)  # the demo starts over; real runs reuse the cache
+    if sync_model and not cfg.evaluate.sync_model:
+        cfg = cfg.model_copy(deep=True)
+        cfg.evaluate.sync_model = sync_model
     s = run_evaluate(str(dataset), cfg, split=split, out=str(out), say=lambda _: None)
     return {"evaluation": s, "evaluation_split": split, "evaluation_table": format_table(s),
             "evaluation_report": s["report"]}

@@ -295,12 +295,17 @@ class ItemScorer:
 
                 sync = self.backends.sync
                 m = LipSync.for_embedder(sync)
-                if isinstance(sync, LandmarkSyncEmbedder):
-                    i0 = int(drive.index[0])
-                    audio = drive.audio[sync.audio_kind][2 * i0:2 * (i0 + len(drive.index))]
-                    m.update(*sync.embed(out.geometry.exp, audio))
-                else:  # SyncNet v2: whole aligned face crops at 224² (Wav2Lip's LRS mode) + the source waveform
-                    m.update(*sync.embed(_resize(out.frames, 224), self._waveform(drive)))
+                run = longest_run(drive.index)  # lip sync reads consecutive frames
+                try:
+                    if isinstance(sync, LandmarkSyncEmbedder):
+                        i0 = int(drive.index[run.start])
+                        audio = drive.audio[sync.audio_kind][2 * i0:2 * (i0 + run.stop - run.start)]
+                        m.update(*sync.embed(out.geometry.exp[run], audio))
+                    else:  # SyncNet v2: whole aligned face crops at 224² (Wav2Lip's LRS mode) + the source waveform
+                        m.update(*sync.embed(_resize(out.frames[run], 224), self._waveform(drive, run)))
+                except Exception as exc:  # noqa: BLE001 - the other metrics of the clip still count
+                    skipped[fam] = f"failed on this clip: {type(exc).__name__}: {exc}"
+                    continue
             else:  # pragma: no cover - PROTOCOL_METRICS names only the families above
                 raise ValueError(f"unknown metric family {fam}")
             states[fam] = m
@@ -317,8 +322,10 @@ class ItemScorer:
         sync = self.backends.sync
         if sync is None:
             return self.backends.notes["LSE"]
-        if drive.index[-1] - drive.index[0] != len(drive.index) - 1:
-            return "lip sync needs consecutive frames; the clip's scored frames have gaps (invalid frames)"
+        run = longest_run(drive.index)
+        if run.stop - run.start < 6:
+            return (f"lip sync needs >= 6 consecutive valid frames; the clip's longest run of scored frames is "
+                    f"{run.stop - run.start}")
         if not isinstance(sync, LandmarkSyncEmbedder):
             if not drive.source or not Path(drive.source).is_file():
                 return f"LSE needs the clip's waveform; its source video {drive.source!r} is not a local file here"
@@ -329,14 +336,23 @@ class ItemScorer:
             return f"Sync-lm was trained on {sync.audio_kind} features; this dataset has none for the clip"
         return None
 
-    def _waveform(self, drive: ClipData) -> np.ndarray:
-        """16 kHz mono samples of the scored frames (640 per frame from the first frame's timestamp)."""
+    def _waveform(self, drive: ClipData, run: slice) -> np.ndarray:
+        """16 kHz mono samples of the frames `run` (640 per frame from the run's first timestamp)."""
         from preprocessing.video import read_audio
 
         if self._audio_key != drive.source:
             self._audio, self._audio_key = read_audio(drive.source), drive.source
-        s0 = int(round(drive.timestamps[0] * 16000))
-        return self._audio[s0:s0 + 640 * len(drive.frames)]
+        s0 = int(round(drive.timestamps[run.start] * 16000))
+        return self._audio[s0:s0 + 640 * (run.stop - run.start)]
+
+
+def longest_run(index: np.ndarray) -> slice:
+    """Rows of the longest run of consecutive frame indices (the first one on ties)."""
+    breaks = np.flatnonzero(np.diff(index) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [len(index)]])
+    k = int(np.argmax(stops - starts))
+    return slice(int(starts[k]), int(stops[k]))
 
 
 def _resize(frames: np.ndarray, size: int) -> np.ndarray:

@@ -91,6 +91,14 @@ def test_protocol_pairing_and_errors():
         parse_protocols("self,lipsync")
 
 
+def test_longest_run_of_consecutive_frames():
+    from pipeline.evaluate import longest_run
+
+    assert longest_run(np.array([0, 1, 2, 5, 6, 7, 8, 9, 12])) == slice(3, 8)
+    assert longest_run(np.array([3, 4])) == slice(0, 2)
+    assert longest_run(np.array([0, 2, 4])) == slice(0, 1)
+
+
 def test_trained_model_seam_says_animate_is_not_built(capsys):
     for name in ("champion", "my-run", "/some/checkpoint"):
         with pytest.raises(GeneratorNotAvailable, match="animate pipeline"):
