@@ -130,6 +130,10 @@ class I2PStage(Stage):
             if getattr(p, k) % 8:
                 raise StageError(f"config key 'training.i2p.{k}' must be a multiple of 8 (got {getattr(p, k)})")
 
+    def examples(self, clip, p):
+        raise StageError("stage i2p reads a views dataset (r3p multiview), not clips; the runner's views-dataset "
+                         "path is not implemented yet: train it with training.i2p's functions (see tests/test_i2p.py)")
+
     def views_examples(self, image, mask, cameras, p: I2PParams) -> dict[str, np.ndarray]:
         """Examples of one views-set sample (see `view_pair_examples`)."""
         return view_pair_examples(image, mask, cameras, p)
