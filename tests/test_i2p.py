@@ -79,7 +79,8 @@ def test_view_pairs_are_every_ordered_pair_with_head_only_targets():
     assert ex["input"].shape == (6, 3, 32, 32) and ex["raw_mv"].shape == (6, 3, 16, 16)
     assert {tuple(c[:1]) for c in ex["cam_mv"]} == {(0.0,), (25.0,), (50.0,)}
     assert np.all(ex["cam_ref"][:, 0] != ex["cam_mv"][:, 0])
-    assert np.all(ex["sr_mv"][:, :, :8] == -1.0) and np.allclose(ex["input"][0], img[0].transpose(2, 0, 1) / 127.5 - 1, atol=1e-6)
+    assert np.all(ex["sr_mv"][:, :, :8] == -1.0)
+    assert np.allclose(ex["input"][0], img[0].transpose(2, 0, 1) / 127.5 - 1, atol=1e-6)
     assert np.all(ex["mask_ref"][:, 0, 4:12, 4:12] == 1.0) and np.all(ex["mask_ref"][:, 0, :4] == 0.0)
 
 
