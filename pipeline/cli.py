@@ -410,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     from preprocessing.face_model import FaceModelError  # importing preprocessing sets r3p's numba cache folder
     from preprocessing.landmarks.tracking import TrackingError
     from preprocessing.video import VideoError
+    from pipeline.shards import SchemaVersionError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -424,4 +425,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-    from pipeline.shards import SchemaVersionError
