@@ -11,7 +11,6 @@ from preprocessing.multiview import MorphableTeacher, view_camera
 from preprocessing.synthetic_bfm import synthetic_face_model
 from training.head_nets import PaperSR, TinyAdapter, count_parameters
 from training.i2p import STAGE, psnr
-from training.registry import get_stage
 from training.stage import StageError
 
 SMALL = dict(render_resolution=16, image_size=32, plane_resolution=32, samples_coarse=12, samples_fine=12,
@@ -98,7 +97,6 @@ def test_bad_inputs_and_params_name_the_fix():
         STAGE.examples(None, p)
     with pytest.raises(ValueError, match=r"\(B, 9, H, W\)"):
         TinyAdapter()(torch.zeros(1, 3, 16, 16))
-    assert get_stage("i2p") is STAGE
 
 
 def test_paper_sr_parameter_count_matches_the_fact_sheet():

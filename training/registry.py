@@ -9,7 +9,6 @@ from training.stage import Stage, StageError
 STAGES: dict[str, str] = {
     "syncnet": "training.syncnet",
     "a2m": "training.a2m",
-    "i2p": "training.i2p",
 }
 
 
