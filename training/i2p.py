@@ -132,8 +132,8 @@ class I2PStage(Stage):
 
     def examples(self, clip, p):
         raise StageError("stage i2p reads a views dataset (r3p multiview), not clips; the runner's views-dataset "
-                         "path is not implemented yet (so i2p is not registered): train it with training.i2p's functions "
-                         "(see tests/test_i2p.py)")
+                         "path is not implemented yet (so i2p is not registered): train it with "
+                         "training.i2p's functions (see tests/test_i2p.py)")
 
     def views_examples(self, image, mask, cameras, p: I2PParams) -> dict[str, np.ndarray]:
         """Examples of one views-set sample (see `view_pair_examples`)."""
