@@ -494,11 +494,25 @@ def _run_items(items: list[EvalItem], layout_uri: str, models: list[str], paths:
         scorer = ItemScorer(layout_uri, models, paths, ec.max_frames, ec.strip_frames, ec.threads, sync_checkpoint)
         return [scorer(it) for it in items]
     import ray
+
+    from pipeline.preprocess import ensure_ray
+
+    started = ensure_ray(address)
+    try:
+        return _run_on_ray(items, layout_uri, models, paths, cfg, sync_checkpoint)
+    finally:
+        if started:  # a Ray this job started is shut down (in-process callers: tests, the demo)
+            ray.shutdown()
+
+
+def _run_on_ray(items: list[EvalItem], layout_uri: str, models: list[str], paths: dict[str, str | None],
+                cfg: R3PConfig, sync_checkpoint: str | None) -> list[ItemResult]:
+    import ray
     from ray.data import ActorPoolStrategy, DataContext
 
-    from pipeline.preprocess import _actor_count, ensure_ray
+    from pipeline.preprocess import _actor_count
 
-    ensure_ray(address)
+    ec = cfg.evaluate
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = False

@@ -318,31 +318,36 @@ def run_multiview(output: str, cfg: R3PConfig, teacher: str | None = None, sampl
     t0 = time.perf_counter()
     published_now = 0
     if todo:
-        ensure_ray(address)
-        ctx = DataContext.get_current()
-        ctx.enable_progress_bars = False
-        ctx.execution_options.preserve_order = False
-        free = ray.available_resources().get("CPU", 1.0)
-        n = actors or max(1, min(len(todo), int(free)))
-        remote: dict[str, Any] = {"num_cpus": 1}
-        if mv.num_gpus:
-            remote["num_gpus"] = mv.num_gpus
-        ds = ray.data.from_items([{"shard_id": s, "start": a, "count": c} for s, a, c in todo],
-                                 override_num_blocks=len(todo))
-        out = ds.map_batches(ViewsOperator, fn_constructor_kwargs={"cfg_json": cfg.model_dump_json(),
-                                                                   "teacher": mv.teacher, "pose_bank": pose_bank},
-                             batch_size=1, batch_format="pyarrow", compute=ActorPoolStrategy(size=n), **remote)
-        for batch in out.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for sid in sorted(set(batch["shard_id"].to_pylist())):
-                part = batch.filter(pc.equal(batch["shard_id"], sid)).drop_columns(["shard_id"])
-                part = part.sort_by([("sample_id", "ascending"), ("view", "ascending")]).cast(VIEWS_SCHEMA)
-                ok = pc.equal(part["status"], "ok")
-                stats = {"shard_id": sid, "rows": len(part), "samples": len(set(part["sample_id"].to_pylist())),
-                         "failed_samples": int(len(part) - pc.sum(ok).as_py()), "config_hash": fp}
-                _publish(layout, sid, part, stats)
-                published_now += 1
-                say(f"  shard {sid}: {stats['samples']} samples, {stats['rows']} rows "
-                    f"({published_now}/{len(todo)})")
+        started = ensure_ray(address)
+        try:
+            ctx = DataContext.get_current()
+            ctx.enable_progress_bars = False
+            ctx.execution_options.preserve_order = False
+            free = ray.available_resources().get("CPU", 1.0)
+            n = actors or max(1, min(len(todo), int(free)))
+            remote: dict[str, Any] = {"num_cpus": 1}
+            if mv.num_gpus:
+                remote["num_gpus"] = mv.num_gpus
+            ds = ray.data.from_items([{"shard_id": s, "start": a, "count": c} for s, a, c in todo],
+                                     override_num_blocks=len(todo))
+            out = ds.map_batches(ViewsOperator, fn_constructor_kwargs={"cfg_json": cfg.model_dump_json(),
+                                                                       "teacher": mv.teacher, "pose_bank": pose_bank},
+                                 batch_size=1, batch_format="pyarrow", compute=ActorPoolStrategy(size=n), **remote)
+            for batch in out.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for sid in sorted(set(batch["shard_id"].to_pylist())):
+                    part = batch.filter(pc.equal(batch["shard_id"], sid)).drop_columns(["shard_id"])
+                    part = part.sort_by([("sample_id", "ascending"), ("view", "ascending")]).cast(VIEWS_SCHEMA)
+                    ok = pc.equal(part["status"], "ok")
+                    stats = {"shard_id": sid, "rows": len(part), "samples": len(set(part["sample_id"].to_pylist())),
+                             "failed_samples": int(len(part) - pc.sum(ok).as_py()), "config_hash": fp}
+                    _publish(layout, sid, part, stats)
+                    published_now += 1
+                    say(f"  shard {sid}: {stats['samples']} samples, {stats['rows']} rows "
+                        f"({published_now}/{len(todo)})")
+        finally:
+            if started:  # a Ray this job started is shut down (in-process callers: tests, the demo)
+                ray.shutdown()
+
     wall = time.perf_counter() - t0
     table = read_views(layout)
     ok_rows = table.filter(pc.equal(table["status"], "ok"))

@@ -57,3 +57,16 @@ def grid_model():
 def _isolated_home(tmp_path, monkeypatch):
     """Never read the developer's real ~/.r3p in tests."""
     monkeypatch.setenv("R3P_HOME", str(tmp_path / "r3p_home"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_ray_left_running():
+    """Each test module starts with no Ray in this process and leaves none (a module that starts Ray
+    shuts it down; this catches one that does not, so it cannot break the next module's ray.init)."""
+    import sys
+
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+        pytest.fail("a test module left Ray initialised in the test process")
