@@ -90,10 +90,15 @@ class ClipOperator:
     """Callable class for `Dataset.map_batches(..., compute=ActorPoolStrategy(...))`."""
 
     def __init__(self, cfg_json: str, run: dict[str, Any], factory: str = DEFAULT_FACTORY, threads: int = 1,
-                 max_retries: int = 2, retry_backoff_s: float = 1.0, crash_dir: str | None = None) -> None:
+                 max_retries: int = 2, retry_backoff_s: float = 1.0, crash_dir: str | None = None,
+                 registry: str | None = None) -> None:
         from pipeline import jit_cache
         from pipeline.config import R3PConfig
 
+        if registry:  # the driver kills every actor of an attempt once it is over (see ActorRegistry)
+            import ray
+
+            ray.get(ray.get_actor(registry).add.remote(ray.get_runtime_context().current_actor))
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self._log = _open_crash_log(crash_dir, self.worker)
         jit_cache.configure()  # r3p's own numba cache, never site-packages' (before anything compiles)
@@ -146,6 +151,24 @@ class ClipOperator:
                 "n_frames": frames.num_rows, "seconds": time.perf_counter() - t0, "attempts": attempts,
                 "clips_ipc": schema.to_ipc(clips), "frames_ipc": schema.to_ipc(frames), "worker": self.worker,
                 "peak_rss_mb": peak_rss_mb()}
+
+
+class ActorRegistry:
+    """Handles of the ClipOperator actors of a job (a Ray actor, named per job, `num_cpus=0`).
+
+    Ray Data tears down its actor pool when an attempt ends, but an actor that crashed and was being
+    restarted can come back after that and hold its CPU forever, so the next attempt's actors never
+    get scheduled. The driver kills every registered actor after each attempt."""
+
+    def __init__(self) -> None:
+        self.handles: list = []
+
+    def add(self, handle) -> None:
+        self.handles.append(handle)
+
+    def take(self) -> list:
+        out, self.handles = self.handles, []
+        return out
 
 
 # ------------------------------------------------------------------------------------------------

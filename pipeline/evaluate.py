@@ -371,6 +371,36 @@ def _fresh_lpips(template):
     return m
 
 
+class _ResultUnpickler(pickle.Unpickler):
+    """Unpickles ItemResults only: r3p's evaluation classes, numpy arrays and plain containers; any other
+    global (e.g. os.system in a tampered cache file) is refused before anything runs."""
+
+    _NUMPY = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+              ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+              ("numpy._core.multiarray", "scalar"), ("numpy.core.numeric", "_frombuffer"),
+              ("numpy._core.numeric", "_frombuffer"), ("collections", "OrderedDict"), ("builtins", "set"),
+              ("builtins", "frozenset"), ("builtins", "complex")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._NUMPY or module in ("numpy.dtypes",) or module.startswith("evaluation.") \
+                or module == __name__:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"evaluation cache: refusing to load {module}.{name}")
+
+
+def dump_result(result: ItemResult) -> bytes:
+    """An ItemResult as bytes (the per-item cache file and the actors' payload)."""
+    return pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def load_result(data: bytes) -> ItemResult:
+    """Bytes of `dump_result` back, through `_ResultUnpickler` (nothing but evaluation state is built)."""
+    out = _ResultUnpickler(io.BytesIO(data)).load()
+    if not isinstance(out, ItemResult):
+        raise pickle.UnpicklingError(f"evaluation cache: expected an ItemResult, got {type(out).__name__}")
+    return out
+
+
 class EvalOperator:
     """Ray Data operator: loads the scorer once; a batch of items in, pickled ItemResults out."""
 
@@ -383,7 +413,7 @@ class EvalOperator:
         for row in batch.to_pylist():
             res = self.scorer(EvalItem(row["protocol"], row["clip_id"], row["source_clip_id"]))
             keys.append(res.key)
-            payloads.append(pickle.dumps(res))
+            payloads.append(dump_result(res))
         return pa.table({"key": pa.array(keys, pa.string()), "payload": pa.array(payloads, pa.binary())})
 
 
@@ -530,7 +560,7 @@ def _run_on_ray(items: list[EvalItem], layout_uri: str, models: list[str], paths
             batch_size=1, batch_format="pyarrow", compute=ActorPoolStrategy(size=n), **remote)
     results = []
     for batch in out.iter_batches(batch_size=None, batch_format="pyarrow"):
-        results += [pickle.loads(p) for p in batch["payload"].to_pylist()]  # our own cache format, from our actors
+        results += [load_result(p) for p in batch["payload"].to_pylist()]
     return results
 
 
@@ -561,7 +591,7 @@ def run_evaluate(data: str, cfg: R3PConfig, *, models: list[str] | None = None, 
     for it in items:
         f = cache / f"{it.key}.pkl"
         if f.is_file():
-            cached[it.key] = pickle.loads(f.read_bytes())  # written by this job (see below)
+            cached[it.key] = load_result(f.read_bytes())
     todo = [it for it in items if it.key not in cached]
     say(f"r3p evaluate: {len(clips)} clips ({split}), protocols {','.join(plist)}, models {','.join(names)}: "
         f"{len(items)} items, {len(cached)} cached, {len(todo)} to compute")
@@ -571,7 +601,7 @@ def run_evaluate(data: str, cfg: R3PConfig, *, models: list[str] | None = None, 
     for r in fresh:
         if r.error is None:  # failures are retried on the next run
             tmp = cache / f".{r.key}.pkl.tmp"
-            tmp.write_bytes(pickle.dumps(r))
+            tmp.write_bytes(dump_result(r))
             os.replace(tmp, cache / f"{r.key}.pkl")
     results = sorted([*cached.values(), *fresh], key=lambda r: r.key)
     merged = merge_results(results, names)

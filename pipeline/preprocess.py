@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 
 from pipeline import manifest as mf
 from pipeline import schema, shards, storage
-from pipeline.actor import DEFAULT_FACTORY, ClipOperator, read_crash_logs
+from pipeline.actor import DEFAULT_FACTORY, ActorRegistry, ClipOperator, read_crash_logs
 from pipeline.config import R3PConfig
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ def _actor_count(wanted: int, num_cpus: float, num_gpus: float, wait_s: float = 
 
 
 def _execute(rows: list[dict[str, Any]], cfg: R3PConfig, run: dict[str, Any], factory: str, n_actors: int,
-             max_errored: int = -1, crash_dir: str | None = None):
+             max_errored: int = -1, crash_dir: str | None = None, registry: str | None = None):
     """Stream operator outputs (pyarrow tables) for manifest `rows` through Ray Data. One clip at a time
     per actor, so a clip lost with its worker is the one that worker was processing; `max_errored`
     lost clips (-1: any number) before Ray Data gives up on the attempt."""
@@ -224,7 +224,7 @@ def _execute(rows: list[dict[str, Any]], cfg: R3PConfig, run: dict[str, Any], fa
             ClipOperator,
             fn_constructor_kwargs={"cfg_json": cfg.model_dump_json(), "run": run, "factory": factory,
                                    "threads": max(1, int(p.actor_num_cpus)), "max_retries": p.max_retries,
-                                   "crash_dir": crash_dir},
+                                   "crash_dir": crash_dir, "registry": registry},
             batch_size=p.batch_size, batch_format="pyarrow", zero_copy_batch=True,
             compute=ActorPoolStrategy(size=n_actors, max_tasks_in_flight_per_actor=1), **remote_args)
     for batch in out.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
@@ -387,6 +387,10 @@ def _process(todo: list[mf.Clip], pending: dict[str, _Shard], cfg: R3PConfig, ru
     any_back = False
     last_error = None
     crash_dir = tempfile.mkdtemp(prefix="r3p-crashes-")
+    import ray
+
+    registry_name = f"r3p-preprocess-actors-{os.getpid()}-{os.path.basename(crash_dir)}"
+    registry = ray.remote(num_cpus=0)(ActorRegistry).options(name=registry_name).remote()
 
     def add(cid: str, clips: pa.Table, frames: pa.Table, info: dict[str, Any]) -> None:
         nonlocal published_now
@@ -412,7 +416,7 @@ def _process(todo: list[mf.Clip], pending: dict[str, _Shard], cfg: R3PConfig, ru
                 # until a clip has come back, give up after `crash_limit` lost clips: a broken environment
                 # kills every worker and should not cost one actor restart per clip of the corpus
                 for batch in _execute(rows, cfg, run, factory, n_actors, -1 if any_back else p.crash_limit,
-                                      crash_dir):
+                                      crash_dir, registry_name):
                     for out in batch.to_pylist():
                         cid = out["clip_id"]
                         if cid not in remaining:
@@ -425,6 +429,7 @@ def _process(todo: list[mf.Clip], pending: dict[str, _Shard], cfg: R3PConfig, ru
             except Exception as exc:  # noqa: BLE001 - lost workers/nodes: re-run what did not come back
                 last_error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
                 log.warning("preprocess attempt %d failed: %s", attempt, last_error)
+            _kill_actors(registry)
             lost = sent & set(remaining)  # crashed, on a lost node, or never started in an attempt given up
             lost_count.update(lost)
             crash_list = read_crash_logs(crash_dir)
@@ -449,7 +454,20 @@ def _process(todo: list[mf.Clip], pending: dict[str, _Shard], cfg: R3PConfig, ru
                 schema.empty_frames(), {})
     finally:
         shutil.rmtree(crash_dir, ignore_errors=True)
+        _kill_actors(registry)
+        ray.kill(registry)
     return published_now
+
+
+def _kill_actors(registry) -> None:
+    """Kill every ClipOperator actor registered so far (those of a finished attempt: none is working)."""
+    import ray
+
+    for handle in ray.get(registry.take.remote()):
+        try:
+            ray.kill(handle, no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
 
 
 def _crash_text(times: int, crash: dict[str, Any] | None) -> str:

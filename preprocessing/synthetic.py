@@ -164,6 +164,19 @@ def clip_coefficients(rng: np.random.Generator, ident: Identity, n_frames: int, 
                        trans=torch.as_tensor(trans, dtype=torch.float32)).numpy()
 
 
+def shift_audio(audio: np.ndarray, offset: int) -> np.ndarray:
+    """Audio shifted by `offset` video frames relative to the mouth (+ = audio later), zero-filled."""
+    if not offset:
+        return audio
+    shift = offset * SAMPLES_PER_FRAME
+    audio = np.roll(audio, shift)
+    if shift > 0:
+        audio[:shift] = 0
+    else:
+        audio[shift:] = 0
+    return audio
+
+
 def background_image(rng: np.random.Generator, size: int) -> np.ndarray:
     """A procedural indoor-looking background: a colour gradient with soft blobs and a shelf line."""
     y, x = np.mgrid[0:size, 0:size] / size
@@ -243,13 +256,7 @@ def generate_clip(face3d: Face3D, spec: SynthSpec, identity_index: int, clip_ind
     offset = spec.audio_offsets[(identity_index * spec.clips + clip_index) % len(spec.audio_offsets)]
     audio, mouth = speech_like_audio(rng, n_frames, ident.f0_hz, ident.formants_hz)
     coeffs = clip_coefficients(rng, ident, n_frames, mouth, face3d.model)
-    if offset:  # audio shifted by `offset` frames relative to the mouth (+ = audio later)
-        shift = offset * SAMPLES_PER_FRAME
-        audio = np.roll(audio, shift)
-        if shift > 0:
-            audio[:shift] = 0
-        else:
-            audio[shift:] = 0
+    audio = shift_audio(audio, offset)
     background = background_image(rng, spec.size)
     heads, torsos = [], []
 

@@ -7,6 +7,7 @@ offline metric backends run (dlib: CSIM-dlib, FID-dlib); LPIPS and LSE are recor
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -166,6 +167,27 @@ def test_rerun_uses_the_cache_and_gives_the_same_table(evaluation, dataset, caps
     assert s["computed"] == 0 and s["cached"] == 9
     assert s["table"] == evaluation["table"]
     assert len(list(Path(s["cache"]).glob("*.pkl"))) == 9
+
+
+def test_a_tampered_cache_file_is_refused_and_runs_nothing(evaluation, tmp_path):
+    """Cache files are read back through a restricted unpickler: evaluation state only."""
+    import os
+    import pickle
+
+    from pipeline.evaluate import load_result
+
+    s = json.loads((Path(evaluation["out"]) / "summary.json").read_text())
+    good = next(Path(s["cache"]).glob("*.pkl")).read_bytes()
+    assert load_result(good).key  # a real cache file loads
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
+        load_result(pickle.dumps(Payload()))
+    assert not marker.exists()
 
 
 def test_mlflow_parent_and_nested_runs(evaluation):

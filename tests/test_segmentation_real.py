@@ -25,8 +25,7 @@ from preprocessing.segmentation.parts import turn
 
 def _package_file(package: str, rel: str) -> Path:
     spec = importlib.util.find_spec(package)
-    if spec is None:
-        pytest.skip(f"{package} is not installed")
+    assert spec is not None, f"{package} is a dependency of r3p (pyproject.toml) and must be installed"
     return Path(list(spec.submodule_search_locations)[0]) / rel
 
 

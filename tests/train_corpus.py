@@ -26,20 +26,14 @@ def clip_truth(model, seed: int, identity: int, clip: int, seconds: float, offse
     """Audio, coefficients and features of one synthetic clip (as `preprocessing.synthetic.generate_clip`)."""
     from preprocessing.audio import audio_features, eye_aspect_ratio, mouth_opening
     from preprocessing.face3d import Face3D
-    from preprocessing.synthetic import FPS, SAMPLES_PER_FRAME, clip_coefficients, make_identity, speech_like_audio
+    from preprocessing.synthetic import FPS, clip_coefficients, make_identity, shift_audio, speech_like_audio
 
     ident = make_identity(identity, seed)
     rng = np.random.default_rng([seed, identity, clip, 2])
     n = int(round(seconds * FPS))
     audio, mouth = speech_like_audio(rng, n, ident.f0_hz, ident.formants_hz)
     coeffs = clip_coefficients(rng, ident, n, mouth, model)
-    if offset:
-        shift = offset * SAMPLES_PER_FRAME
-        audio = np.roll(audio, shift)
-        if shift > 0:
-            audio[:shift] = 0
-        else:
-            audio[shift:] = 0
+    audio = shift_audio(audio, offset)
     feats = audio_features(audio, n)
     face3d = _FACE3D.get(id(model)) or _FACE3D.setdefault(id(model), Face3D(model))
     lm = face3d.landmarks(torch.as_tensor(coeffs), 512).numpy()
