@@ -390,7 +390,10 @@ def _process(todo: list[mf.Clip], pending: dict[str, _Shard], cfg: R3PConfig, ru
     import ray
 
     registry_name = f"r3p-preprocess-actors-{os.getpid()}-{os.path.basename(crash_dir)}"
-    registry = ray.remote(num_cpus=0)(ActorRegistry).options(name=registry_name).remote()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
+    registry = ray.remote(num_cpus=0)(ActorRegistry).options(name=registry_name, scheduling_strategy=here).remote()
 
     def add(cid: str, clips: pa.Table, frames: pa.Table, info: dict[str, Any]) -> None:
         nonlocal published_now
@@ -455,7 +458,10 @@ def _process(todo: list[mf.Clip], pending: dict[str, _Shard], cfg: R3PConfig, ru
     finally:
         shutil.rmtree(crash_dir, ignore_errors=True)
         _kill_actors(registry)
-        ray.kill(registry)
+        try:
+            ray.kill(registry)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
     return published_now
 
 
@@ -463,10 +469,15 @@ def _kill_actors(registry) -> None:
     """Kill every ClipOperator actor registered so far (those of a finished attempt: none is working)."""
     import ray
 
-    for handle in ray.get(registry.take.remote()):
+    try:
+        handles = ray.get(registry.take.remote(), timeout=60)
+    except Exception as exc:  # noqa: BLE001 - cleanup only: never fail the job for it
+        log.warning("could not list the attempt's actors to stop them: %s", exc)
+        return
+    for handle in handles:
         try:
             ray.kill(handle, no_restart=True)
-        except Exception:  # noqa: BLE001 - already gone
+        except Exception:  # noqa: BLE001 - already gone (e.g. with its node)
             pass
 
 
