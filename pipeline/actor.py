@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import faulthandler
 import importlib
+import logging
 import os
 import re
 import resource
@@ -86,6 +87,17 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _register(registry: str) -> None:
+    """Add this actor to the job's registry; a registry that is gone costs the clean-up, never the actor."""
+    import ray
+
+    try:
+        ray.get(ray.get_actor(registry).add.remote(ray.get_runtime_context().current_actor), timeout=60)
+    except Exception as exc:  # noqa: BLE001 - clean-up bookkeeping only
+        logging.getLogger(__name__).warning("could not register with %s (the driver will not stop this actor "
+                                            "itself): %s", registry, exc)
+
+
 class ClipOperator:
     """Callable class for `Dataset.map_batches(..., compute=ActorPoolStrategy(...))`."""
 
@@ -96,9 +108,7 @@ class ClipOperator:
         from pipeline.config import R3PConfig
 
         if registry:  # the driver kills every actor of an attempt once it is over (see ActorRegistry)
-            import ray
-
-            ray.get(ray.get_actor(registry).add.remote(ray.get_runtime_context().current_actor))
+            _register(registry)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self._log = _open_crash_log(crash_dir, self.worker)
         jit_cache.configure()  # r3p's own numba cache, never site-packages' (before anything compiles)

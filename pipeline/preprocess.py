@@ -45,6 +45,9 @@ from pipeline.config import R3PConfig
 
 log = logging.getLogger(__name__)
 
+#: the custom resource only the head node of a Ray cluster has (`ray._common.constants.HEAD_NODE_RESOURCE_NAME`)
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+
 #: preprocess keys that only change how the job runs, not what it writes (left out of the config hash)
 EXECUTION_KEYS = ("actors", "actor_num_cpus", "actor_num_gpus", "actor_memory_gb", "batch_size", "max_retries",
                   "max_job_attempts", "crash_limit", "probe_threads")
@@ -390,10 +393,10 @@ def _process(todo: list[mf.Clip], pending: dict[str, _Shard], cfg: R3PConfig, ru
     import ray
 
     registry_name = f"r3p-preprocess-actors-{os.getpid()}-{os.path.basename(crash_dir)}"
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
-    registry = ray.remote(num_cpus=0)(ActorRegistry).options(name=registry_name, scheduling_strategy=here).remote()
+    # on the head node (as Ray Train places its state actor): a driver joining a cluster may be attached to
+    # any raylet of its machine, and a registry lost with a worker node would fail every later actor
+    registry = ray.remote(num_cpus=0)(ActorRegistry).options(
+        name=registry_name, resources={HEAD_NODE_RESOURCE: 0.001}).remote()
 
     def add(cid: str, clips: pa.Table, frames: pa.Table, info: dict[str, Any]) -> None:
         nonlocal published_now
