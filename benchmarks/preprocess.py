@@ -78,7 +78,7 @@ def _child(args: argparse.Namespace) -> None:
 
         use_loopback()
         t0 = time.perf_counter()
-        ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
         init_s = time.perf_counter() - t0
         cfg = load_config("tiny", overrides=args.set + [f"preprocess.actors={args.cpus}", "preprocess.shard_size=2",
                                                         "preprocess.actor_num_cpus=1"])

@@ -13,7 +13,17 @@ through the dataset schema) and this machine's CPUs:
 - workers: the whole `r3p train` job for SyncNet (tiny, 600 steps) with 1 and with 2 Ray Train
   workers (DDP, gloo), samples/s over the fit (Ray start-up excluded, checkpoint reports included).
 
+- head: the 3D-head stages (`benchmarks/head.py`): `i2p` and `motion` samples/s (forward + backward
+  + Adam, paper batch 1) at both sizes, as ratios to the tiny SyncNet step measured in the same run
+  and tiny/paper; the render head's per-frame throughput with a cached plane, split per part (I2P
+  once per source, SECC maps, adapter, volume render, SR) with shares of the frame time; parameter
+  counts of I2P / decoder / adapter / SR. `--quick` renders the paper size at 32² rays × 12+12
+  samples (not 128² × 48+48; the model and the 512² SR are unchanged), times one paper step
+  instead of two, and skips the workers section. `--device cuda` (default when available) runs
+  the head section on the GPU.
+
     python benchmarks/train.py [--out out/bench/train] [--paper-batch 16] [--skip-workers]
+                               [--only step,data,workers,head] [--quick] [--device cpu|cuda]
 
 Exit status 0 when the data path is >= 3x the training step for every stage.
 """
@@ -31,6 +41,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+SECTIONS = ("step", "data", "workers", "head")
 
 
 def _info(basis, audio_dim: int = 80) -> dict:
@@ -116,12 +128,71 @@ def workers_rate(root: Path, workers: int) -> dict:
     return {"workers": workers, "fit_s": s["fit_seconds"], "samples_per_s": s["samples_per_s"]}
 
 
+def head_section(baseline: dict, quick: bool, device: str) -> dict:
+    """The 3D-head figures (see `benchmarks/head.py`), with ratios against `baseline` (a step_rate row)."""
+    import head
+
+    paper_steps = 1 if quick else 2
+    rows = []
+    for stage in ("i2p", "motion"):
+        rows.append(head.head_step_rate(stage, "tiny", steps=3, device=device))
+        rows.append(head.head_step_rate(stage, "paper", batch=1, steps=paper_steps, quick=quick, device=device))
+    for r in rows:
+        tiny = next(t for t in rows if t["stage"] == r["stage"] and t["size"] == "tiny")
+        r["vs_baseline"] = float(f"{r['samples_per_s'] / baseline['samples_per_s']:.3g}")
+        r["vs_tiny"] = float(f"{r['samples_per_s'] / tiny['samples_per_s']:.3g}")
+    render = [head.render_head_rate("tiny", frames=8, device=device),
+              head.render_head_rate("paper", frames=2, quick=quick, device=device)]
+    counts = [head.parameter_counts("tiny"), head.parameter_counts("paper")]
+    return {"baseline": {k: baseline[k] for k in ("stage", "size", "batch", "samples_per_s")}, "quick": quick,
+            "quick_render": head.QUICK_RENDER if quick else None, "step": rows, "render": render, "params": counts}
+
+
+def print_head(h: dict) -> None:
+    b = h["baseline"]
+    quick = f"  [--quick: paper rendered at {h['quick_render']}]" if h["quick"] else ""
+    print(f"\n3D head (baseline: {b['stage']} {b['size']} step, batch {b['batch']}, "
+          f"{b['samples_per_s']:.1f} samples/s, same run){quick}")
+    print("stage   size   dev   batch  render      image  plane     params(M)  step s    samples/s  x baseline  "
+          "x tiny")
+    for r in h["step"]:
+        rend = r["render"] + ("*" if r["quick"] else "")
+        print(f"{r['stage']:7s} {r['size']:6s} {r['device'][:4]:4s}  {r['batch']:5d}  {rend:11s} {r['image']:5d}  "
+              f"{r['plane']:9s} {r['params_m']:9.3f}  {r['step_s']:8.3f}  {r['samples_per_s']:9.3f}  "
+              f"{r['vs_baseline']:10.2e}  {r['vs_tiny']:.4f}")
+    print("render head, cached plane, per frame (batch 1, eval, no_grad): seconds and share of the frame time")
+    print("size   render      image  I2P once  SECC            adapter         render          SR              "
+          "frame s  frames/s  I2P=frames")
+    for r in h["render"]:
+        parts = "  ".join(f"{r[k + '_s']:7.4f} {100 * r['share'][k]:5.1f}%"
+                          for k in ("secc", "adapter", "render", "sr"))
+        rend = r["render"] + ("*" if r["quick"] else "")
+        print(f"{r['size']:6s} {rend:11s} {r['image']:5d}  {r['i2p_s']:8.4f}  {parts}  {r['frame_s']:7.4f}  "
+              f"{r['frames_per_s']:8.3f}  {r['i2p_in_frames']:.2f}")
+    print("parameters   I2P          decoder   adapter    SR          total")
+    for c in h["params"]:
+        print(f"{c['size']:11s}  {c['i2p']:11,d}  {c['decoder']:8,d}  {c['adapter']:9,d}  {c['sr']:10,d}  "
+              f"{c['total']:12,d}")
+    if h["quick"]:
+        print("* --quick: paper rows rendered at the reduced ray grid/samples above (SR input resized to 128² inside, "
+              "output 512²); not the published 128² × 48+48")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="out/bench/train")
     ap.add_argument("--paper-batch", type=int, default=16)
     ap.add_argument("--skip-workers", action="store_true")
+    ap.add_argument("--only", default=",".join(SECTIONS), help="comma list of sections: " + ",".join(SECTIONS))
+    ap.add_argument("--quick", action="store_true", help="reduced paper render for the head; no workers section")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="device of the head section")
     args = ap.parse_args()
+    only = {x.strip() for x in args.only.split(",") if x.strip()}
+    if only - set(SECTIONS):
+        ap.error(f"--only takes {','.join(SECTIONS)}; got {args.only}")
+    if args.skip_workers or args.quick:
+        only.discard("workers")
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -132,29 +203,40 @@ def main() -> int:
     model = synthetic_face_model(0, "bfm")
     basis = KeypointBasis.from_face_model(model)
     root = out / "truth"
-    if not (root / "v001" / "run.json").is_file():
-        write_truth_dataset(root, model, splits={"train": list(range(6)), "val": [6]}, clips=2, seconds=6.0)
     report: dict = {"step": [], "data": [], "workers": []}
-    for stage in ("syncnet", "a2m"):
-        report["step"].append(step_rate(stage, "tiny", None, basis))
-        report["step"].append(step_rate(stage, "paper", args.paper_batch, basis, steps=2))
-    ray = ray_session()
-    next(ray)
+    if "step" in only:
+        for stage in ("syncnet", "a2m"):
+            report["step"].append(step_rate(stage, "tiny", None, basis))
+            report["step"].append(step_rate(stage, "paper", args.paper_batch, basis, steps=2))
+    ray = None
+    if only & {"data", "workers"}:
+        if not (root / "v001" / "run.json").is_file():
+            write_truth_dataset(root, model, splits={"train": list(range(6)), "val": [6]}, clips=2, seconds=6.0)
+        ray = ray_session()
+        next(ray)
     from training.registry import get_stage
 
-    for stage in ("syncnet", "a2m"):
-        report["data"].append(data_rate(root, stage, get_stage(stage).params("tiny", {"syncnet": "x"} if stage == "a2m"
-                                                                              else None).batch_size))
-    if not args.skip_workers:
+    if "data" in only:
+        for stage in ("syncnet", "a2m"):
+            report["data"].append(data_rate(root, stage, get_stage(stage).params(
+                "tiny", {"syncnet": "x"} if stage == "a2m" else None).batch_size))
+    if "workers" in only:
         for w in (1, 2):
             report["workers"].append(workers_rate(root, w))
+    if "head" in only:
+        baseline = next((r for r in report["step"] if r["stage"] == "syncnet" and r["size"] == "tiny"), None)
+        report["head"] = head_section(baseline or step_rate("syncnet", "tiny", None, basis), args.quick, args.device)
     ok = True
-    print("stage    size   batch  params(M)  step s   samples/s")
+    if report["step"]:
+        print("stage    size   batch  params(M)  step s   samples/s")
     for r in report["step"]:
         print(f"{r['stage']:8s} {r['size']:6s} {r['batch']:5d}  {r['params_m']:9.3f}  {r['step_s']:6.4f}  "
               f"{r['samples_per_s']:9.1f}")
     for d in report["data"]:
-        tiny = next(r for r in report["step"] if r["stage"] == d["stage"] and r["size"] == "tiny")
+        tiny = next((r for r in report["step"] if r["stage"] == d["stage"] and r["size"] == "tiny"), None)
+        if tiny is None:  # --only without step: measure the tiny step the ratio needs
+            tiny = step_rate(d["stage"], "tiny", None, basis)
+            report["step"].append(tiny)
         d["ratio_vs_tiny_step"] = round(d["samples_per_s"] / tiny["samples_per_s"], 2)
         ok &= d["ratio_vs_tiny_step"] >= 3
         print(f"data path {d['stage']}: {d['samples_per_s']:.0f} samples/s decoded ({d['examples']} examples, "
@@ -162,12 +244,15 @@ def main() -> int:
     for w in report["workers"]:
         print(f"r3p train syncnet tiny, {w['workers']} worker(s): {w['samples_per_s']:.0f} samples/s over "
               f"{w['fit_s']:.1f} s of fit")
+    if "head" in report:
+        print_head(report["head"])
     (out / "report.json").write_text(json.dumps(report, indent=2))
     print(f"report: {out / 'report.json'}")
-    try:
-        next(ray)
-    except StopIteration:
-        pass
+    if ray is not None:
+        try:
+            next(ray)
+        except StopIteration:
+            pass
     return 0 if ok else 1
 
 

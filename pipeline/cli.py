@@ -264,6 +264,20 @@ def cmd_predict_motion(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_render_head(args: argparse.Namespace) -> int:
+    from pipeline.render_head import RenderHeadError, format_summary, render_head
+
+    try:
+        summary = render_head(args.model, args.source, args.out, motion=args.motion, video=args.video, cfg=_cfg(args),
+                              runs=args.runs, audio=args.audio, max_frames=args.max_frames, chunk=args.chunk,
+                              mux_audio=not args.no_audio, cache_dir=args.cache)
+    except RenderHeadError as exc:
+        print(f"r3p render-head: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     cfgp = _config_parent()
     parser = argparse.ArgumentParser(
@@ -403,6 +417,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="motion.npz", help="output .npz (exp (T, 64), fps)")
     p.set_defaults(func=cmd_predict_motion)
+
+    p = sub.add_parser("render-head", parents=[cfgp], help="source photo + motion (.npz or driving video) -> "
+                       "head-only talking mp4 with a trained motion model",
+                       description="Preprocess SOURCE (one photo) as preprocessing does, compute its tri-plane "
+                                   "once, and render the motion model's head for every frame of --motion "
+                                   "(an `r3p predict-motion` .npz) or --video (a driving video's fitted expression "
+                                   "and pose), streamed to OUT.mp4 at the model's image size, on black.")
+    p.add_argument("--model", required=True, metavar="RUN_OR_PATH", help="motion run name or checkpoint folder")
+    p.add_argument("--runs", help="runs folder for a run name (default: training.storage_path)")
+    p.add_argument("--source", required=True, metavar="IMG", help="source photo (PNG/JPEG) of one face")
+    p.add_argument("--motion", metavar="NPZ", help="expression sequence: exp (T, 64), fps[, eg3d_cam (T, 25)]")
+    p.add_argument("--video", metavar="MP4", help="driving video (its expression and head pose drive the source)")
+    p.add_argument("--audio", help="audio file muxed into the output (default: the driving video's audio)")
+    p.add_argument("--no-audio", action="store_true", help="never mux audio")
+    p.add_argument("--max-frames", type=int, metavar="N", help="render at most N frames")
+    p.add_argument("--chunk", type=int, default=16, help="frames rendered at a time")
+    p.add_argument("--cache", metavar="DIR", help="on-disk cache of processed sources and their planes")
+    p.add_argument("--out", required=True, metavar="OUT.mp4", help="output video")
+    p.set_defaults(func=cmd_render_head)
     return parser
 
 

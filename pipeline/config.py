@@ -237,6 +237,8 @@ class TrainingConfig(_Section):
     num_to_keep: int = Field(2, ge=1, description="checkpoints kept (the latest)")
     max_failures: int = Field(0, ge=-1, description="worker-group restarts from the last checkpoint (-1: no limit)")
     val_batches: int = Field(8, ge=1, description="validation batches per checkpoint")
+    views_val_every: int = Field(8, ge=2, description="views datasets: every N-th sample is held out for "
+                                 "validation (none with val_split=none)")
     storage_path: str | None = Field(None, description="runs folder or URI (default: <dataset root>/runs)")
     tracking_uri: str | None = Field(None, description="MLflow (default: sqlite:///<dataset root>/mlflow.db)")
     experiment: str = Field("r3p-train", description="MLflow experiment")

@@ -177,7 +177,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
         ray.init(address=address, **kwargs)
     else:
         use_loopback()
-        ray.init(num_cpus=num_cpus, **kwargs)
+        ray.init(address="local", num_cpus=num_cpus, **kwargs)  # a new local Ray, never a stray `ray start` one
     return True
 
 

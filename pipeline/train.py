@@ -98,56 +98,118 @@ def _audio_column(layout: shards.Layout, sel: pa.Table, wanted: str, n_sample: i
     return col, x.mean(0), x.std(0) + 1e-3
 
 
-def clip_arrays(clips: pa.Table, frames: pa.Table, audio_col: str, frame_columns: tuple[str, ...]) -> list[ClipArrays]:
-    """Per-clip arrays from a shard's clips rows and frames rows (frames sorted by index)."""
+def clip_arrays(clips: pa.Table, frames: pa.Table, audio_col: str | None, frame_columns: tuple[str, ...],
+                context: dict[str, Any] | None = None) -> list[ClipArrays]:
+    """Per-clip arrays from a shard's clips rows and frames rows (frames sorted by index); binary columns
+    (stored images) stay bytes, in object arrays. `audio_col` None: a stage that reads no audio."""
     out = []
     frames = frames.sort_by([("clip_id", "ascending"), ("index", "ascending")])
     fid = frames["clip_id"].to_numpy(zero_copy_only=False)
+    binary = {c for c in frame_columns if c in frames.column_names and pa.types.is_binary(frames.schema.field(c).type)}
     for r in clips.to_pylist():
-        m = fid == r["clip_id"]
-        sub = {c: np.asarray(frames[c].filter(pa.array(m)).to_pylist(), np.float32) for c in frame_columns
-               if c != "index"}
-        audio = np.asarray(r[audio_col], np.float32) if r[audio_col] is not None else None
+        rows = fid == r["clip_id"]
+        m = pa.array(rows)
+        sub = {}
+        for c in frame_columns:
+            if c == "index":
+                continue
+            values = frames[c].filter(m).to_pylist()
+            sub[c] = np.array(values + [None], object)[:-1] if c in binary else np.asarray(values, np.float32)
+        audio = np.asarray(r[audio_col], np.float32) if audio_col and r.get(audio_col) is not None else None
         if audio is None:
-            raise StageError(f"clip {r['clip_id']} has no {audio_col} features")
+            if audio_col:
+                raise StageError(f"clip {r['clip_id']} has no {audio_col} features")
+            audio = np.zeros((2 * int(rows.sum()), 1), np.float32)  # only its length (2T rows at 50 Hz) is read
         f0 = np.asarray(r["f0"], np.float32) if r.get("f0") is not None else np.zeros(len(audio), np.float32)
         out.append(ClipArrays(clip_id=r["clip_id"], speaker_id=r["speaker_id"] or "", audio=audio, f0=f0,
-                              id_coeff=np.asarray(r["id_coeff"], np.float32), frames=sub))
+                              id_coeff=np.asarray(r["id_coeff"], np.float32), frames=sub, context=context or {}))
     return out
 
 
 def _shard_examples(batch: dict[str, np.ndarray], layout: shards.Layout, stage_name: str, params: dict,
-                    audio_col: str) -> dict[str, np.ndarray]:
+                    audio_col: str | None, context: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
     """Ray Data task: one shard (row: shard id + the clip ids to use) → the stage's examples of those clips."""
     stage = get_stage(stage_name)
     p = stage.params_from_dict(params)
     parts: list[dict[str, np.ndarray]] = []
-    for shard_id, ids in zip(batch["shard"], batch["clip_ids"]):
+    for shard_id, ids in zip(batch["shard"], batch["ids"]):
         ids = pa.array(list(ids), pa.string())
-        cols = list(dict.fromkeys(["clip_id", "speaker_id", "id_coeff", "f0", audio_col, *stage.clip_columns]))
+        cols = list(dict.fromkeys(["clip_id", "speaker_id", "id_coeff", "f0", *([audio_col] if audio_col else []),
+                                   *stage.clip_columns]))
         c = pq.read_table(layout.shard_path("clips", shard_id), filesystem=layout.fs, columns=cols)
         c = c.filter(pc.is_in(c["clip_id"], ids))
         fcols = list(dict.fromkeys(["clip_id", "index", *stage.frame_columns]))
         f = pq.read_table(layout.shard_path("frames", shard_id), filesystem=layout.fs, columns=fcols)
         f = f.filter(pc.is_in(f["clip_id"], ids))
-        for clip in clip_arrays(c, f, audio_col, tuple(stage.frame_columns)):
+        for clip in clip_arrays(c, f, audio_col, tuple(stage.frame_columns), context):
             parts.append(stage.examples(clip, p))
+    return _concat(parts)
+
+
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    parts = [q for q in parts if q and len(next(iter(q.values())))]
     keys = list(parts[0]) if parts else []
     return {k: np.concatenate([q[k] for q in parts]) for k in keys}
 
 
-def build_dataset(layout: shards.Layout, sel: pa.Table, stage: Stage, params: dict, audio_col: str, seed: int):
-    """A materialised, once-shuffled Ray Dataset of the stage's examples of the selected clips."""
+def select_samples(layout: shards.Layout, val_every: int) -> tuple[pa.Table, pa.Table]:
+    """(train, val) tables of sample_id and shard of a views dataset's ok samples: every `val_every`-th
+    sample (in sample order) is held out for validation (val_every 0: none)."""
+    parts = []
+    for s in _published_ids(layout):
+        t = pq.read_table(layout.shard_path("views", s), filesystem=layout.fs, columns=["sample_id", "status"])
+        ok = sorted(set(t.filter(pc.equal(t["status"], "ok"))["sample_id"].to_pylist()))
+        parts.append(pa.table({"sample_id": pa.array(ok, pa.string()), "shard": pa.array([s] * len(ok), pa.string())}))
+    t = pa.concat_tables(parts) if parts else pa.table({"sample_id": pa.array([], pa.string()),
+                                                       "shard": pa.array([], pa.string())})
+    held = np.zeros(t.num_rows, bool)
+    if val_every:
+        held[val_every - 1::val_every] = True
+    return t.filter(pa.array(~held)), t.filter(pa.array(held))
+
+
+def _views_examples(batch: dict[str, np.ndarray], layout: shards.Layout, stage_name: str,
+                    params: dict) -> dict[str, np.ndarray]:
+    """Ray Data task: one views shard (row: shard id + the sample ids to use) → the stage's examples."""
+    from pipeline.multiview import decode_image
+
+    stage = get_stage(stage_name)
+    p = stage.params_from_dict(params)
+    parts: list[dict[str, np.ndarray]] = []
+    for shard_id, ids in zip(batch["shard"], batch["ids"]):
+        t = pq.read_table(layout.shard_path("views", shard_id), filesystem=layout.fs,
+                          columns=["sample_id", "view", "camera", "image", "mask", "status"])
+        t = t.filter(pc.and_(pc.is_in(t["sample_id"], pa.array(list(ids), pa.string())), pc.equal(t["status"], "ok")))
+        t = t.sort_by([("sample_id", "ascending"), ("view", "ascending")])
+        rows = t.to_pylist()
+        for sid in dict.fromkeys(r["sample_id"] for r in rows):
+            views = [r for r in rows if r["sample_id"] == sid]
+            image = np.stack([decode_image(r["image"]) for r in views])
+            mask = np.stack([decode_image(r["mask"]) > 127 for r in views])
+            cams = np.asarray([r["camera"] for r in views], np.float32)
+            parts.append(stage.views_examples(image, mask, cams, p))
+    return _concat(parts)
+
+
+def build_dataset(layout: shards.Layout, sel: pa.Table, stage: Stage, params: dict, audio_col: str | None,
+                  seed: int, context: dict[str, Any] | None = None):
+    """A materialised, once-shuffled Ray Dataset of the stage's examples of the selected clips (or, for a
+    views stage, samples): one Ray Data task per shard."""
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
+    key = "sample_id" if stage.dataset_kind == "views" else "clip_id"
     by_shard: dict[str, list[str]] = {}
-    for cid, s in zip(sel["clip_id"].to_pylist(), sel["shard"].to_pylist()):
+    for cid, s in zip(sel[key].to_pylist(), sel["shard"].to_pylist()):
         by_shard.setdefault(s, []).append(cid)
-    items = [{"shard": s, "clip_ids": ids} for s, ids in sorted(by_shard.items())]
+    items = [{"shard": s, "ids": ids} for s, ids in sorted(by_shard.items())]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(_shard_examples, batch_size=1, batch_format="numpy",
-                        fn_kwargs=dict(layout=layout, stage_name=stage.name, params=params, audio_col=audio_col))
+    if stage.dataset_kind == "views":
+        fn, kwargs = _views_examples, dict(layout=layout, stage_name=stage.name, params=params)
+    else:
+        fn, kwargs = _shard_examples, dict(layout=layout, stage_name=stage.name, params=params, audio_col=audio_col,
+                                           context=context)
+    ds = ds.map_batches(fn, batch_size=1, batch_format="numpy", fn_kwargs=kwargs)
     return ds.random_shuffle(seed=seed).materialize()
 
 
@@ -196,17 +258,39 @@ def run_train(stage_name: str, data: str, run_name: str, cfg: R3PConfig, *, addr
         raise TrainError(str(exc)) from None
     if not run_name or "/" in run_name or run_name.startswith("."):
         raise TrainError(f"--run {run_name!r}: give a plain name (letters, digits, -, _)")
-    layout = shards.open_dataset(data)  # FileNotFoundError / SchemaVersionError name the fix
+    layout = shards.open_dataset(data, check_schema=False)  # FileNotFoundError names the fix
     run_json = shards.read_json(layout.fs, layout.run_path)
+    kind = run_json.get("kind", "clips")
+    if kind != stage.dataset_kind:
+        make = "r3p multiview OUTPUT" if stage.dataset_kind == "views" else "r3p preprocess INPUT OUTPUT"
+        raise TrainError(f"stage {stage.name} reads a {stage.dataset_kind} dataset (`{make}`), but {layout.uri} is "
+                         f"a {kind} dataset; pass --data a {stage.dataset_kind} dataset")
     published = _published_ids(layout)
     if not published:
-        raise TrainError(f"{layout.uri} has no published shards; finish `r3p preprocess` on it first")
-    sel = select_clips(layout, tc.split)
-    if sel.num_rows == 0:
-        raise TrainError(f"{layout.uri} has no clips with status ok in split {tc.split!r}; choose another split "
-                         "(--set training.split=all) or preprocess more data")
-    col, mean, std = _audio_column(layout, sel, params.audio)
-    _check_columns(layout, published, stage, [col])
+        job = "r3p multiview" if kind == "views" else "r3p preprocess"
+        raise TrainError(f"{layout.uri} has no published shards; finish `{job}` on it first")
+    col, info, context, val_sel = None, {}, {}, None
+    if kind == "views":
+        from pipeline.multiview import VIEWS_SCHEMA_VERSION
+
+        if run_json.get("views_schema_version") != VIEWS_SCHEMA_VERSION:
+            raise TrainError(f"{layout.uri} has views schema version {run_json.get('views_schema_version')}; this "
+                             f"r3p reads {VIEWS_SCHEMA_VERSION}: re-run `r3p multiview {layout.root} --force`")
+        sel, val_sel = select_samples(layout, 0 if tc.val_split == "none" else tc.views_val_every)
+        if sel.num_rows == 0:
+            raise TrainError(f"{layout.uri} has no samples with status ok to train on; run `r3p multiview` with "
+                             "more samples")
+    else:
+        shards.check_schema_version(layout, run_json)  # SchemaVersionError names the fix
+        sel = select_clips(layout, tc.split)
+        if sel.num_rows == 0:
+            raise TrainError(f"{layout.uri} has no clips with status ok in split {tc.split!r}; choose another split "
+                             "(--set training.split=all) or preprocess more data")
+        if stage.uses_audio:
+            col, mean, std = _audio_column(layout, sel, params.audio)
+            info = {"audio": col, "audio_dim": int(mean.shape[0]), "audio_mean": mean.tolist(),
+                    "audio_std": std.tolist()}
+        _check_columns(layout, published, stage, [col] if col else [])
     root = storage_root(cfg, layout)
 
     # earlier stages' checkpoints (resolved to folders now: a missing one stops the job here)
@@ -218,18 +302,23 @@ def run_train(stage_name: str, data: str, run_name: str, cfg: R3PConfig, *, addr
         pdict[key] = resolve_checkpoint(value, root)
     init_from = resolve_checkpoint(from_checkpoint, root) if from_checkpoint else None
 
-    from pipeline.assets import resolve_face_model
-    from training.keypoints import KeypointBasis
+    if kind == "clips":
+        from pipeline.assets import resolve_face_model
+        from training.keypoints import KeypointBasis
 
-    info = {"audio": col, "audio_dim": int(mean.shape[0]), "audio_mean": mean.tolist(), "audio_std": std.tolist(),
-            "keypoints": KeypointBasis.from_face_model(resolve_face_model(cfg)).to_dict()}
+        face_model = resolve_face_model(cfg)
+        info["keypoints"] = KeypointBasis.from_face_model(face_model).to_dict()
+        try:
+            context = stage.example_context(stage.params_from_dict(pdict), face_model)
+        except StageError as exc:
+            raise TrainError(str(exc)) from None
 
     from pipeline.preprocess import ensure_ray
 
     started = ensure_ray(address)
     try:
         return _fit(stage, params, pdict, info, layout, run_json, sel, col, root, run_name, cfg, init_from,
-                    tracking_uri, say, t0)
+                    tracking_uri, say, t0, context, val_sel)
     finally:
         if started:
             import ray
@@ -238,7 +327,7 @@ def run_train(stage_name: str, data: str, run_name: str, cfg: R3PConfig, *, addr
 
 
 def _fit(stage, params, pdict, info, layout, run_json, sel, col, root, run_name, cfg, init_from, tracking_uri,
-         say, t0) -> dict[str, Any]:
+         say, t0, context, val_sel) -> dict[str, Any]:
     import ray.train
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -248,7 +337,7 @@ def _fit(stage, params, pdict, info, layout, run_json, sel, col, root, run_name,
 
     tc = cfg.training
     t_data = time.perf_counter()
-    train_ds = build_dataset(layout, sel, stage, pdict, col, tc.seed)
+    train_ds = build_dataset(layout, sel, stage, pdict, col, tc.seed, context)
     n_train = train_ds.count()
     # small datasets: one "epoch" of the worker loop is several passes (the same blocks, no copies), so the
     # per-epoch start of a Ray Data iteration is not paid every few steps
@@ -257,32 +346,36 @@ def _fit(stage, params, pdict, info, layout, run_json, sel, col, root, run_name,
         train_ds = train_ds.union(*([train_ds] * (passes - 1)))
     datasets = {"train": train_ds}
     n_val = 0
-    if tc.val_split != "none" and tc.val_split != tc.split:
+    vsel = val_sel
+    if vsel is None and tc.val_split != "none" and tc.val_split != tc.split:
         vsel = select_clips(layout, tc.val_split)
-        if vsel.num_rows:
-            val_ds = build_dataset(layout, vsel, stage, pdict, col, tc.seed + 1)
-            n_val = val_ds.count()
-            if n_val:
-                datasets["val"] = val_ds
+    if vsel is not None and vsel.num_rows:
+        val_ds = build_dataset(layout, vsel, stage, pdict, col, tc.seed + 1, context)
+        n_val = val_ds.count()
+        if n_val:
+            datasets["val"] = val_ds
     data_s = time.perf_counter() - t_data
+    unit = "samples" if stage.dataset_kind == "views" else "clips"
     if n_train < params.batch_size:
-        raise TrainError(f"{n_train} training examples from {sel.num_rows} clips are fewer than one batch "
+        raise TrainError(f"{n_train} training examples from {sel.num_rows} {unit} are fewer than one batch "
                          f"(training.{stage.name}.batch_size={params.batch_size}); use more data or a smaller batch")
-    say(f"r3p train {stage.name}: {sel.num_rows} clips ({tc.split}) → {n_train} examples ({passes} pass(es) per "
-        f"epoch), {n_val} validation "
-        f"examples, audio {col} ({info['audio_dim']}-d); data prepared in {data_s:.1f} s")
+    audio = f", audio {col} ({info['audio_dim']}-d)" if col else ""
+    what = "all" if stage.dataset_kind == "views" else tc.split
+    say(f"r3p train {stage.name}: {sel.num_rows} {unit} ({what}) → {n_train} examples ({passes} pass(es) per "
+        f"epoch), {n_val} validation examples{audio}; data prepared in {data_s:.1f} s")
 
     uri = tracking_uri or tc.tracking_uri or tracking.default_tracking_uri(layout.root)
-    counts = {"clips": sel.num_rows, "examples": n_train, "val_examples": n_val,
-              "speakers": len(set(sel["speaker_id"].to_pylist()))}
+    counts = {unit: sel.num_rows, "examples": n_train, "val_examples": n_val}
+    if "speaker_id" in sel.column_names:
+        counts["speakers"] = len(set(sel["speaker_id"].to_pylist()))
     stats = shards.published(layout)
     dataset = {"uri": layout.uri, "name": f"{posixpath.basename(layout.root)}/v{layout.version:03d}",
-               "digest": tracking.dataset_digest(stats, run_json), "version": layout.version, "split": tc.split,
+               "digest": tracking.dataset_digest(stats, run_json), "version": layout.version, "split": what,
                "counts": counts}
     cfg_hash = _config_hash(cfg, stage.name)
     code = tracking.code_version()
     params_flat = {**{f"stage.{k}": v for k, v in pdict.items()}, **flat_params(cfg), "stage": stage.name,
-                   "audio": col}
+                   "audio": col or "none"}
     run_id, resumed = tracking.open_run(
         uri, tc.experiment, run_name, str(Path(root) / "mlartifacts") if "://" not in root else None,
         params=params_flat, config_yaml=config_to_yaml(cfg),

@@ -30,6 +30,8 @@ may return a torch/other tensor when a global `decord.bridge` is set; timestamps
 
 from __future__ import annotations
 
+import itertools
+
 import os
 import re
 import shutil
@@ -698,7 +700,7 @@ def encode_mp4(path: str | os.PathLike, frames, fps: float, audio: np.ndarray | 
                 "-movflags", "+faststart", str(tmp)]
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            for chunk in [first] + [np.asarray(f) for f in it]:
+            for chunk in itertools.chain([first], (np.asarray(f) for f in it)):  # streamed
                 chunk = chunk[None] if chunk.ndim == 3 else chunk
                 if chunk.shape[1:] != (h, w, 3) or chunk.dtype != np.uint8:
                     raise ValueError(f"all frames must be uint8 ({h}, {w}, 3), got {chunk.dtype} {chunk.shape[1:]}")

@@ -32,7 +32,7 @@ def ray_address():
     from pipeline.preprocess import use_loopback
 
     use_loopback()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

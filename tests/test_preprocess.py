@@ -41,7 +41,7 @@ def ray_address():
     from pipeline.preprocess import use_loopback
 
     use_loopback()  # this process, its Ray and the CLI subprocesses stay on 127.0.0.1
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env}, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env}, logging_level="WARNING")
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

@@ -75,10 +75,23 @@ def test_stage_needing_a_checkpoint_it_was_not_given(small):
     _no_ray()
 
 
+def test_stage_given_the_wrong_kind_of_dataset(small):
+    _, ok, _ = small
+    with pytest.raises(TrainError, match=r"stage i2p reads a views dataset \(`r3p multiview OUTPUT`\).*is a clips"):
+        _train("i2p", ok.root)
+    with pytest.raises(TrainError, match=r"needs a checkpoint for training\.motion\.i2p"):
+        _train("motion", ok.root)
+    with pytest.raises(TrainError, match=r"training\.motion\.min_gap' must be >= 1"):
+        _train("motion", ok.root, ["training.motion.min_gap=0"])
+    with pytest.raises(TrainError, match=r"training\.motion\.image_size' must be a multiple of 8"):
+        _train("motion", ok.root, ["training.motion.image_size=30"])
+    _no_ray()
+
+
 def test_unknown_stage_and_bad_stage_keys(small):
     _, ok, _ = small
-    with pytest.raises(TrainError, match="unknown stage 'i2p'; known stages: a2m, syncnet"):
-        _train("i2p", ok.root)
+    with pytest.raises(TrainError, match="unknown stage 'htbsr'; known stages: a2m, i2p, motion, syncnet"):
+        _train("htbsr", ok.root)
     with pytest.raises(TrainError, match=r"training\.syncnet\.widht.*valid keys"):
         _train("syncnet", ok.root, ["training.syncnet.widht=3"])
     with pytest.raises(TrainError, match=r"training\.syncnet\.lr' must be a positive number"):

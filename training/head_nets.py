@@ -129,17 +129,62 @@ class HeadRenderer(nn.Module):
             if self.adapter is None:
                 raise ValueError("SECC maps were given but this model has no motion adapter")
             planes = planes + self.adapter(secc)
+        out = self._render_planes(planes, cameras, generator)
+        out["planes"] = planes
+        return out
+
+    def forward(self, image: torch.Tensor, cameras: torch.Tensor, secc: torch.Tensor | None = None,
+                seeds: torch.Tensor | None = None, train_i2p: bool = True, density: bool = False
+                ) -> dict[str, torch.Tensor]:
+        """Training entry (what DDP wraps): planes of `image`, rendered at K cameras per sample.
+
+        cameras (B, K, 25) → "sr" (B, K, 3, S, S), "rgb" (B, K, 3, r, r), "opacity" (B, K, 1, r, r), and
+        "density_reg" (B,) with `density`. With `seeds` (B,) every sample draws its render jitter and
+        regulariser points from its own generator, so a batch split over workers renders exactly as
+        the whole batch does on one (the runner draws the seeds for the global batch)."""
+        if train_i2p:
+            planes = self.planes(image)
+        else:
+            with torch.no_grad():
+                planes = self.planes(image)
+        b, k = cameras.shape[:2]
+        if secc is not None:
+            if self.adapter is None:
+                raise ValueError("SECC maps were given but this model has no motion adapter")
+            planes = planes + self.adapter(secc)
+        keys = ("sr", "rgb", "opacity")
+        if seeds is None:
+            out = [self._render_planes(planes, cameras[:, j], None) for j in range(k)]
+            res = {n: torch.stack([o[n] for o in out], 1) for n in keys}
+            if density:
+                res["density_reg"] = self.density_regulariser(planes, None, per_sample=True)
+            return res
+        rows, regs = [], []
+        for i in range(b):
+            s = int(seeds[i])
+            outs = [self._render_planes(planes[i:i + 1], cameras[i:i + 1, j],
+                                        torch.Generator(device=planes.device).manual_seed(s * 31 + j))
+                    for j in range(k)]
+            rows.append({n: torch.stack([o[n] for o in outs], 1) for n in keys})
+            if density:
+                regs.append(self.density_regulariser(planes[i:i + 1], torch.Generator().manual_seed(s * 31 + 29)))
+        res = {n: torch.cat([r[n] for r in rows]) for n in keys}
+        if density:
+            res["density_reg"] = torch.stack(regs)
+        return res
+
+    def _render_planes(self, planes: torch.Tensor, cameras: torch.Tensor, generator) -> dict[str, torch.Tensor]:
         opt = self.options
         if not self.training and opt.perturb:
             opt = RenderOptions(**{**opt.__dict__, "perturb": False})
         out = render(planes, cameras, self.decoder, opt, generator)
         out["sr"] = self.sr(out["rgb"], out["features"])
-        out["planes"] = planes
         return out
 
     def density_regulariser(self, planes: torch.Tensor, gen: torch.Generator | None = None, n: int = 1000,
-                            std: float = 5e-3) -> torch.Tensor:
-        """L1 between σ at `n` random points in the box and at the points moved by N(0, std) (world units)."""
+                            std: float = 5e-3, per_sample: bool = False) -> torch.Tensor:
+        """L1 between σ at `n` random points in the box and at the points moved by N(0, std) (world units);
+        a scalar, or (B,) with `per_sample`."""
         from preprocessing.triplane import triplane_field
         b = planes.shape[0]
         pts = (torch.rand(b, n, 3, generator=gen) - 0.5) * self.options.box_warp
@@ -147,7 +192,8 @@ class HeadRenderer(nn.Module):
         field = triplane_field(planes, self.decoder, self.options.box_warp)
         s0, _ = field(pts)
         s1, _ = field(pts + torch.randn(pts.shape, generator=gen).to(planes) * std)
-        return (s0 - s1).abs().mean()
+        d = (s0 - s1).abs()
+        return d.reshape(b, -1).mean(1) if per_sample else d.mean()
 
 
 # ---------------------------------------------------------------------------------------------

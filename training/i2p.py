@@ -5,7 +5,8 @@ model renders the tri-plane at both cameras and is supervised there. Targets are
 (pixels outside the teacher's mask black = -1) because the renderer composites on black, and the
 teacher's mask supervises the opacity. Losses: L1 on the SR image and the raw render (each at its
 size), opacity L1 towards the mask, density regulariser. The perceptual and adversarial terms of
-the paper are not implemented: the stage trains with L1 only and logs `perceptual: none`.
+the paper are not implemented: the stage trains with L1 only. Render jitter and regulariser points come
+from per-example seeds drawn for the global batch (`with_render_seeds`), so DDP and resume are exact.
 Images are (3, H, W) float32 in [-1, 1]; cameras EG3D 25-d; depth distance along the ray (EG3D world
 units, +inf background).
 """
@@ -98,6 +99,12 @@ def build_head(p: I2PParams, adapter: torch.nn.Module | None = None) -> HeadRend
     return HeadRenderer(i2p, decoder, sr, render_options(p), adapter)
 
 
+def with_render_seeds(batch: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """The batch plus one render seed per example, drawn for the global batch (exact under DDP and resume)."""
+    b = next(iter(batch.values())).shape[0]
+    return {**batch, "render_seed": torch.randint(0, 2**24, (b,), generator=gen).float()}
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR (dB) of images in [-1, 1]: (B, ...) → (B,)."""
     mse = ((a - b) / 2).pow(2).flatten(1).mean(1).clamp_min(1e-10)
@@ -130,11 +137,6 @@ class I2PStage(Stage):
             if getattr(p, k) % 8:
                 raise StageError(f"config key 'training.i2p.{k}' must be a multiple of 8 (got {getattr(p, k)})")
 
-    def examples(self, clip, p):
-        raise StageError("stage i2p reads a views dataset (r3p multiview), not clips; the runner's views-dataset "
-                         "path is not implemented yet (so i2p is not registered): train it with "
-                         "training.i2p's functions (see tests/test_i2p.py)")
-
     def views_examples(self, image, mask, cameras, p: I2PParams) -> dict[str, np.ndarray]:
         """Examples of one views-set sample (see `view_pair_examples`)."""
         return view_pair_examples(image, mask, cameras, p)
@@ -142,20 +144,23 @@ class I2PStage(Stage):
     def build(self, p: I2PParams, info: dict[str, Any]) -> HeadRenderer:
         return build_head(p)
 
+    def prepare(self, batch, step, gen, p):
+        return with_render_seeds(batch, gen)
+
     def loss(self, model, batch, step, p, frozen):
-        planes = model.planes(batch["input"])
         views = ["mv", "ref"] if step % max(1, p.ref_every) == 0 else ["mv"]
+        density = p.w_density > 0 and step % max(1, p.density_every) == 0
+        cams = torch.stack([batch[f"cam_{v}"] for v in views], 1)
+        out = model(batch["input"], cams, seeds=batch.get("render_seed"), density=density)
         total, terms = 0.0, {}
-        for v in views:
-            out = model.render(planes, batch[f"cam_{v}"])
-            l_sr = (out["sr"] - batch[f"sr_{v}"]).abs().mean()
-            l_raw = (out["rgb"] - batch[f"raw_{v}"]).abs().mean()
-            l_op = (out["opacity"] - batch[f"mask_{v}"]).abs().mean()
+        for j, v in enumerate(views):
+            l_sr = (out["sr"][:, j] - batch[f"sr_{v}"]).abs().mean()
+            l_raw = (out["rgb"][:, j] - batch[f"raw_{v}"]).abs().mean()
+            l_op = (out["opacity"][:, j] - batch[f"mask_{v}"]).abs().mean()
             total = total + p.w_sr * l_sr + p.w_raw * l_raw + p.w_opacity * l_op
             terms.update({f"l1_sr_{v}": l_sr.item(), f"l1_raw_{v}": l_raw.item(), f"opacity_{v}": l_op.item()})
-        if p.w_density > 0 and step % max(1, p.density_every) == 0:
-            g = torch.Generator().manual_seed(int(step))
-            reg = model.density_regulariser(planes, g)
+        if density:
+            reg = out["density_reg"].mean()
             total = total + p.w_density * reg
             terms["density_reg"] = reg.item()
         return total, terms

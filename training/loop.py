@@ -97,8 +97,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 best = read_meta(d).get("metrics", {}).get(f"best_{stage.best_metric[0]}")
     elif config.get("init_from"):
         load_weights(config["init_from"], model)
+    else:
+        stage.init_weights(model, p)
     last_ckpt_step = step if ckpt is not None else None
-    model = ray.train.torch.prepare_model(model) if world > 1 else model
+    if world > 1:
+        model = ray.train.torch.prepare_model(
+            model, parallel_strategy_kwargs={"find_unused_parameters": True} if stage.ddp_find_unused else None)
     core = model.module if hasattr(model, "module") else model
 
     lead = rank == 0

@@ -9,6 +9,8 @@ from training.stage import Stage, StageError
 STAGES: dict[str, str] = {
     "syncnet": "training.syncnet",
     "a2m": "training.a2m",
+    "i2p": "training.i2p",
+    "motion": "training.motion",
 }
 
 

@@ -56,7 +56,8 @@ class ClipArrays:
     audio: np.ndarray
     f0: np.ndarray
     id_coeff: np.ndarray
-    frames: dict[str, np.ndarray] = field(default_factory=dict)
+    frames: dict[str, np.ndarray] = field(default_factory=dict)  # binary columns (images): object arrays of bytes
+    context: dict[str, Any] = field(default_factory=dict)  # what the stage's `example_context` gave the job
 
     @property
     def n_frames(self) -> int:
@@ -67,6 +68,12 @@ class Stage:
     """Base class of a training stage (see the module docstring)."""
 
     name: ClassVar[str] = ""
+    #: what the stage reads: "clips" (a `r3p preprocess` dataset: clips/ + frames/) or "views" (`r3p multiview`)
+    dataset_kind: ClassVar[str] = "clips"
+    #: clip stages only: whether examples need the audio features (the job then picks mel or HuBERT)
+    uses_audio: ClassVar[bool] = True
+    #: DDP must tolerate parameters without a gradient in a step (a part frozen for some steps)
+    ddp_find_unused: ClassVar[bool] = False
     clip_columns: ClassVar[tuple[str, ...]] = ()
     frame_columns: ClassVar[tuple[str, ...]] = ()
     Params: ClassVar[type] = StageParams
@@ -108,9 +115,21 @@ class Stage:
         return {}
 
     # ---- data
+    def example_context(self, p: Any, face_model: Any) -> dict[str, Any]:
+        """Driver-side objects every example task needs (e.g. the face model); picklable. Default: none."""
+        return {}
+
     def examples(self, clip: ClipArrays, p: Any) -> dict[str, np.ndarray]:
-        """Training examples of one clip: equal-shaped windows stacked on axis 0 (empty arrays if none)."""
+        """Training examples of one clip: equal-shaped windows stacked on axis 0 (an empty dict if none)."""
         raise NotImplementedError
+
+    def views_examples(self, image: np.ndarray, mask: np.ndarray, cameras: np.ndarray, p: Any) -> dict[str, np.ndarray]:
+        """Views stages: training examples of one multi-view sample (image (V, H, W, 3) uint8, mask (V, H, W)
+        bool, cameras (V, 25))."""
+        raise NotImplementedError
+
+    def init_weights(self, model: torch.nn.Module, p: Any) -> None:
+        """Initialise a new run's model from earlier stages (not called when resuming or with --from)."""
 
     # ---- model and losses
     def build(self, p: Any, info: dict[str, Any]) -> torch.nn.Module:
