@@ -185,6 +185,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"MLflow run {t['mlflow_run_id']} ({t['mlflow_tracking_uri']}); checkpoint: {t['checkpoint']}")
     print(f"predicted vs true mouth opening, {meta['train_plot_which']} clip {meta['train_plot_clip']} "
           f"(r = {meta['train_plot_r']:.2f}): {meta['train_plot']}")
+    for key, on in (("train_i2p", "the multi-view set"), ("train_motion", "the demo dataset")):
+        t = meta[key]
+        print(f"r3p train {t['stage']} (tiny) on {on}: {t['steps']} steps in {t['fit_seconds']:.0f} s; "
+              f"MLflow run {t['mlflow_run_id']}; checkpoint: {t['checkpoint']}")
+    print(f"r3p render-head: {meta['head_source']} driven by {meta['head_driving_which']} ({meta['head_frames']} "
+          f"frames in {meta['head_seconds']:.0f} s): {meta['head_video']}")
+    print(f"head sheet (driving frame, its SECC, render, opacity): {meta['head_sheet']}")
     ev = meta["evaluation"]
     print(f"evaluation (r3p evaluate, split {meta['evaluation_split']}, {ev['clips']} clips, {ev['items']} items in "
           f"{ev['total_seconds']:.0f} s; {ev['seconds_per_item'] or 0:.1f} s per item):")

@@ -48,6 +48,18 @@ def test_demo_writes_contact_sheet_marked_synthetic(tmp_path, capsys):
     mv = meta["views_summary"]
     assert mv["failed_samples"] == 0 and mv["rows"] == 2 * mv["samples"] > 0 and mv["face_model"] == "synthetic"
     assert meta["views_sheet"] in printed and Path(meta["views_sheet"]).is_file()
+    # the 3D head: i2p on the views set, motion from it on the dataset, a head video and its sheet
+    assert meta["train_i2p"]["steps"] == meta["train_motion"]["steps"] == 150
+    assert meta["head_video"] in printed and meta["head_sheet"] in printed and meta["head_frames"] > 0
+    import cv2
+
+    cap = cv2.VideoCapture(meta["head_video"])
+    decoded = 0
+    while cap.read()[0]:
+        decoded += 1
+    assert decoded == meta["head_frames"]
+    head = np.asarray(Image.open(meta["head_sheet"]))
+    assert head.shape[0] > 4 * 128 and head.shape[1] > 4 * 128 and head.std() > 10
 
 
 def _eye_box_pixels(face3d, exp, size):
