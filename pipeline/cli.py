@@ -285,6 +285,21 @@ def cmd_render_head(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_animate(args: argparse.Namespace) -> int:
+    from pipeline.animate import AnimateError, animate, format_summary
+
+    try:
+        summary = animate(args.model, args.source, args.out, audio=args.audio, video=args.video, bg=args.bg,
+                          cfg=_cfg(args), a2m=args.a2m, head=args.head, mouth_amp=args.mouth_amp,
+                          temperature=args.temperature, blink=args.blink, max_frames=args.max_frames,
+                          size=args.size, chunk=args.chunk, seed=args.seed)
+    except AnimateError as exc:
+        print(f"r3p animate: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     cfgp = _config_parent()
     parser = argparse.ArgumentParser(
@@ -443,6 +458,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", metavar="DIR", help="on-disk cache of processed sources and their planes")
     p.add_argument("--out", required=True, metavar="OUT.mp4", help="output video")
     p.set_defaults(func=cmd_render_head)
+
+    p = sub.add_parser("animate", parents=[cfgp], help="source photo + audio or driving video -> talking-portrait "
+                       "mp4 (A2M + motion model + static-torso compositing)",
+                       description="Preprocess SOURCE (one photo: crop, fit, segment, inpainted torso, background "
+                                   "plate; I2P once), drive it with --audio (A2M expressions, the source's head "
+                                   "pose) or --video (its fitted expressions and pose), render the head per chunk, "
+                                   "put it over the source's torso and the background (its plate or --bg) and "
+                                   "stream an H.264 mp4 at 25 fps with the audio muxed, at the source's crop size "
+                                   "(tracking.crop_size) or --size.")
+    p.add_argument("--source", required=True, metavar="IMG", help="source photo (PNG/JPEG) of one face")
+    p.add_argument("--audio", metavar="WAV", help="driving speech (any file ffmpeg reads)")
+    p.add_argument("--video", metavar="MP4", help="driving video (its expressions, pose and audio)")
+    p.add_argument("--bg", metavar="IMG", help="background image (centre-cropped, resized; default: the source's plate)")
+    p.add_argument("--model", metavar="DIR", help="runs folder of `r3p train` (the latest finished run of each "
+                                                  "stage is used) or one run/checkpoint folder "
+                                                  "(default: training.storage_path)")
+    p.add_argument("--a2m", metavar="RUN", help="a2m run (name under --model, or folder)")
+    p.add_argument("--head", metavar="RUN", help="motion-stage run (name under --model, or folder)")
+    p.add_argument("--mouth-amp", type=float, help="A2M mouth amplitude control (default: the training mean)")
+    p.add_argument("--temperature", type=float, default=0.2, help="A2M sampling temperature")
+    p.add_argument("--blink", choices=["none", "period"], default="none",
+                   help="A2M blinks: none, or a blink every 4 s (audio only)")
+    p.add_argument("--seed", type=int, default=0, help="A2M sampling seed")
+    p.add_argument("--max-frames", type=int, metavar="N", help="at most N frames")
+    p.add_argument("--size", type=int, metavar="PX", help="output side in pixels (even; default: the crop size)")
+    p.add_argument("--chunk", type=int, default=16, help="frames rendered at a time")
+    p.add_argument("--out", required=True, metavar="OUT.mp4", help="output video")
+    p.set_defaults(func=cmd_animate)
     return parser
 
 

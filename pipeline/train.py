@@ -99,7 +99,7 @@ def _audio_column(layout: shards.Layout, sel: pa.Table, wanted: str, n_sample: i
 
 
 def clip_arrays(clips: pa.Table, frames: pa.Table, audio_col: str | None, frame_columns: tuple[str, ...],
-                context: dict[str, Any] | None = None) -> list[ClipArrays]:
+                context: dict[str, Any] | None = None, clip_columns: tuple[str, ...] = ()) -> list[ClipArrays]:
     """Per-clip arrays from a shard's clips rows and frames rows (frames sorted by index); binary columns
     (stored images) stay bytes, in object arrays. `audio_col` None: a stage that reads no audio."""
     out = []
@@ -122,7 +122,8 @@ def clip_arrays(clips: pa.Table, frames: pa.Table, audio_col: str | None, frame_
             audio = np.zeros((2 * int(rows.sum()), 1), np.float32)  # only its length (2T rows at 50 Hz) is read
         f0 = np.asarray(r["f0"], np.float32) if r.get("f0") is not None else np.zeros(len(audio), np.float32)
         out.append(ClipArrays(clip_id=r["clip_id"], speaker_id=r["speaker_id"] or "", audio=audio, f0=f0,
-                              id_coeff=np.asarray(r["id_coeff"], np.float32), frames=sub, context=context or {}))
+                              id_coeff=np.asarray(r["id_coeff"], np.float32), frames=sub, context=context or {},
+                              columns={c: r.get(c) for c in clip_columns}))
     return out
 
 
@@ -141,7 +142,7 @@ def _shard_examples(batch: dict[str, np.ndarray], layout: shards.Layout, stage_n
         fcols = list(dict.fromkeys(["clip_id", "index", *stage.frame_columns]))
         f = pq.read_table(layout.shard_path("frames", shard_id), filesystem=layout.fs, columns=fcols)
         f = f.filter(pc.is_in(f["clip_id"], ids))
-        for clip in clip_arrays(c, f, audio_col, tuple(stage.frame_columns), context):
+        for clip in clip_arrays(c, f, audio_col, tuple(stage.frame_columns), context, tuple(stage.clip_columns)):
             parts.append(stage.examples(clip, p))
     return _concat(parts)
 

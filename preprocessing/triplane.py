@@ -218,11 +218,13 @@ def _render_rays(field: Field, origins: torch.Tensor, dirs: torch.Tensor, opt: R
     o, d = origins.reshape(-1, 3), dirs.reshape(-1, 3)
     if opt.ray_start is None:
         near, far, hit = ray_box_limits(o, d, opt.box_warp)
-        if hit.any():  # rays that miss the box: sample the range the others use (EG3D's rule)
-            near = torch.where(hit, near, near[hit].min())
-            far = torch.where(hit, far, near[hit].max())
-        else:
-            far = near + 1e-3
+        # rays that miss the box sample the box's depth range around their closest approach to its centre.
+        # (EG3D fills them with the min/max over the rays that hit, which makes a pixel depend on the other
+        # cameras of the batch: a batch split over workers would render differently.)
+        t_mid = -(o * d).sum(-1, keepdim=True) / d.pow(2).sum(-1, keepdim=True).clamp_min(1e-12)
+        half = 0.5 * opt.box_warp * 3 ** 0.5
+        near = torch.where(hit, near, (t_mid - half).clamp_min(0.0))
+        far = torch.where(hit, far, (t_mid + half).clamp_min(1e-3))
     else:
         near = torch.full_like(o[:, :1], opt.ray_start)
         far = torch.full_like(o[:, :1], opt.ray_end)

@@ -62,6 +62,8 @@ def test_i2p_beats_input_view_and_matches_depth():
             m = exact.mask[0]
             errs.append(np.abs(out["depth"][0, 0].numpy()[m] - exact.depth[0][m]))
         val = STAGE.validate(model, batches, p, {})
+    print(f"other-view PSNR {np.mean(got):.2f} dB vs input view {np.mean(base):.2f} dB; depth median error "
+          f"{float(np.median(np.concatenate(errs))):.4f}")
     assert np.mean(got) > np.mean(base) + MARGIN_DB, (got, base)
     assert abs(val["val_psnr_mv"] - np.mean(got)) < 1e-4 and abs(val["val_psnr_input_view"] - np.mean(base)) < 1e-4
     assert float(np.median(np.concatenate(errs))) < DEPTH_BOUND

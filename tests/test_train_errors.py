@@ -90,8 +90,8 @@ def test_stage_given_the_wrong_kind_of_dataset(small):
 
 def test_unknown_stage_and_bad_stage_keys(small):
     _, ok, _ = small
-    with pytest.raises(TrainError, match="unknown stage 'htbsr'; known stages: a2m, i2p, motion, syncnet"):
-        _train("htbsr", ok.root)
+    with pytest.raises(TrainError, match="unknown stage 'nosuch'; known stages: a2m, htbsr, i2p, motion, syncnet"):
+        _train("nosuch", ok.root)
     with pytest.raises(TrainError, match=r"training\.syncnet\.widht.*valid keys"):
         _train("syncnet", ok.root, ["training.syncnet.widht=3"])
     with pytest.raises(TrainError, match=r"training\.syncnet\.lr' must be a positive number"):

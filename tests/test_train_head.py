@@ -1,5 +1,6 @@
 """The 3D-head stages on the runner: `i2p` on a `r3p multiview` views dataset, `motion` on a `r3p
-preprocess` dataset (real frames, head labels, cameras) started from the i2p run. For both: 2 workers
+preprocess` dataset (real frames, head labels, cameras) started from the i2p run, `htbsr` (torso,
+background, fusion) on the same dataset over that motion run's frozen head. For each: 2 workers
 equal 1 for the same global batch, and a run stopped after a checkpoint resumes to weights identical
 to an uninterrupted run. Tiny sizes (32² images, 16² renders, 8+8 samples): each run is seconds of
 training; the time is Ray Train start-up. Learning itself is shown by tests/test_i2p.py and
@@ -49,7 +50,8 @@ def datasets(tmp_path_factory, ray_address):
 
 
 def _sets(stage: str, extra=()) -> list[str]:
-    own = SIZES + (["adapter_width=16", "pairs_per_clip=4", "min_gap=3"] if stage == "motion" else [])
+    own = SIZES + (["adapter_width=16", "pairs_per_clip=4", "min_gap=3"] if stage in ("motion", "htbsr") else [])
+    own += ["work_size=32", "out_size=32", "torso_width=16", "bg_width=8", "fuse_width=16"] if stage == "htbsr" else []
     return [f"training.{stage}.{k}" for k in own] + ["training.log_every=100", *extra]
 
 
@@ -58,6 +60,13 @@ def i2p_base(datasets):
     views, _ = datasets
     _train("i2p", views, "base", ["training.i2p.steps=3"])
     return views / "runs" / "base"
+
+
+@pytest.fixture(scope="module")
+def motion_base(datasets, i2p_base):
+    _, clips = datasets
+    _train("motion", clips, "base", ["training.motion.steps=3", f"training.motion.i2p={i2p_base}"])
+    return clips / "runs" / "base"
 
 
 def _train(stage, data, run, sets):
@@ -71,6 +80,8 @@ def _setup(stage, datasets, request):
     views, clips = datasets
     if stage == "i2p":
         return views, []
+    if stage == "htbsr":
+        return clips, [f"training.htbsr.motion={request.getfixturevalue('motion_base')}"]
     return clips, [f"training.motion.i2p={request.getfixturevalue('i2p_base')}"]
 
 
@@ -78,7 +89,7 @@ def _weights(data, run) -> dict[str, torch.Tensor]:
     return load_file(str(Path(data) / "runs" / run / "final" / "model.safetensors"))
 
 
-@pytest.mark.parametrize("stage", ["i2p", "motion"])
+@pytest.mark.parametrize("stage", ["i2p", "motion", "htbsr"])
 def test_two_workers_equal_one(stage, datasets, request):
     data, extra = _setup(stage, datasets, request)
     sets = extra + [f"training.{stage}.steps=4", "training.checkpoint_every=4"]
@@ -96,7 +107,7 @@ def test_two_workers_equal_one(stage, datasets, request):
         assert any(not torch.equal(w1[k], base[k]) for k in w1 if k.startswith("decoder."))
 
 
-@pytest.mark.parametrize("stage", ["i2p", "motion"])
+@pytest.mark.parametrize("stage", ["i2p", "motion", "htbsr"])
 def test_resume_after_a_stop_is_exact(stage, datasets, request):
     from pipeline.train import TrainError
 

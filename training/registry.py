@@ -11,6 +11,7 @@ STAGES: dict[str, str] = {
     "a2m": "training.a2m",
     "i2p": "training.i2p",
     "motion": "training.motion",
+    "htbsr": "training.htbsr",
 }
 
 

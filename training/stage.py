@@ -58,6 +58,7 @@ class ClipArrays:
     id_coeff: np.ndarray
     frames: dict[str, np.ndarray] = field(default_factory=dict)  # binary columns (images): object arrays of bytes
     context: dict[str, Any] = field(default_factory=dict)  # what the stage's `example_context` gave the job
+    columns: dict[str, Any] = field(default_factory=dict)  # the stage's `clip_columns` of this clip's row
 
     @property
     def n_frames(self) -> int:
