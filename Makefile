@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/multiview.py
 	$(BIN)/python benchmarks/segmentation.py
 	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/animate.py
 
 clean-venv:
 	rm -rf $(VENV)

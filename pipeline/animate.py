@@ -4,9 +4,14 @@ Chains the stages: the source photo goes through the preprocessing operators onc
 segmentation, inpainted torso, background plate; I2P plane) via `pipeline.render_head.HeadAnimator`;
 the motion is the A2M expression sequence of the audio (features by the preprocessing code, the
 source's camera every frame) or a driving video's fitted expressions and cameras; per chunk of
-frames the motion model renders the head (SECC → adapter → volume render → SR), `compose` puts it
-over the source's static torso and the background (the source's plate or `--bg`), and the frames
+frames the motion model renders the head (SECC → adapter → volume render → SR), the compositor
+puts it over the source's torso and the background (the source's plate or `--bg`), and the frames
 are streamed to an H.264 mp4 at 25 fps with the audio muxed.
+
+Compositor: a trained `htbsr` run over the same motion run (`--htbsr auto`, the default, takes the
+latest such run under `--model`; `--htbsr RUN` names one and implies its motion run) — the learned
+torso warp and head/torso/background fusion of `pipeline.htbsr_compose`; without one (or with
+`--htbsr none`) the static-torso `compose` below, and the summary says which ran.
 
 Output size: the source's aligned crop size (`tracking.crop_size`; the head render is upsampled to
 it), or `size`. The file is written under a temporary name in the output folder and renamed at the
@@ -19,6 +24,7 @@ features in overlapping windows, so what grows with the length is the audio samp
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -64,8 +70,8 @@ def compose(head_sr: np.ndarray, head_opacity: np.ndarray, source_torso: np.ndar
     A = a_head + (1 − a_head)·a_torso:  out = a_head·head + (1 − a_head)·(a_torso·torso + (1 − a_torso)·bg),
     so where A = 0 the output is the background exactly.
 
-    This is the seam for the learned HTB-SR stage (issue 13 §1): a model that warps the torso with the
-    head and fuses in feature space replaces this function behind the same signature."""
+    The fallback when no htbsr run fits the motion run: the learned compositor
+    (`pipeline.htbsr_compose.HTBSRCompositor`) warps the torso with the head and fuses in feature space."""
     import cv2
 
     head_sr, head_opacity = np.asarray(head_sr), np.asarray(head_opacity, np.float32)
@@ -103,6 +109,9 @@ class SourceLayers:
     torso_alpha: np.ndarray
     plate: np.ndarray
     person: np.ndarray
+    kp: np.ndarray | None = None  # (4, 2) torso-driving tracked keypoints (fractions of the crop)
+    euler: np.ndarray | None = None  # (3,) the source frame's fitted pose
+    trans: np.ndarray | None = None  # (3,)
 
     @property
     def size(self) -> int:
@@ -114,14 +123,15 @@ class SourceLayers:
         if size == self.size:
             return self
         r = lambda x, interp=cv2.INTER_LINEAR: cv2.resize(x, (size, size), interpolation=interp)  # noqa: E731
-        return SourceLayers(torso=r(self.torso), torso_alpha=r(self.torso_alpha), plate=r(self.plate),
-                            person=r(self.person))
+        return dataclasses.replace(self, torso=r(self.torso), torso_alpha=r(self.torso_alpha), plate=r(self.plate),
+                                   person=r(self.person))
 
 
 def layers_from_record(rec: Any) -> SourceLayers:
     """Static torso, its alpha, the plate and the matte of the middle frame of a still's ClipRecord."""
     from preprocessing.process import decode_image
     from preprocessing.record import SEG_HEAD, SEG_TORSO
+    from training.htbsr import KP_INDICES
 
     k = rec.n_frames // 2
     torso = decode_image(rec.torso_jpeg[k])
@@ -131,7 +141,9 @@ def layers_from_record(rec: Any) -> SourceLayers:
     alpha = np.where(seg == SEG_TORSO, person, 0.0).astype(np.float32)
     alpha[filled] = 1.0
     torso = np.where(alpha[..., None] > 0, torso, 0).astype(np.uint8)
-    return SourceLayers(torso=torso, torso_alpha=alpha, plate=decode_image(rec.background_jpeg), person=person)
+    kp = np.asarray(rec.landmarks[k], np.float32).reshape(68, 2)[list(KP_INDICES)] / float(seg.shape[0])
+    return SourceLayers(torso=torso, torso_alpha=alpha, plate=decode_image(rec.background_jpeg), person=person,
+                        kp=kp, euler=np.asarray(rec.euler[k], np.float32), trans=np.asarray(rec.trans[k], np.float32))
 
 
 def load_background(path: str | os.PathLike, size: int) -> np.ndarray:
@@ -183,7 +195,7 @@ def find_stage_checkpoints(model: str | os.PathLike | None, needed: dict[str, st
                 continue
             found.setdefault(str(stage), []).append(((c / META).stat().st_mtime, c))
     out = {}
-    flag = {"a2m": "--a2m", "motion": "--head"}
+    flag = {"a2m": "--a2m", "motion": "--head", "htbsr": "--htbsr"}
     for stage, explicit in needed.items():
         if explicit:
             try:
@@ -203,6 +215,52 @@ def find_stage_checkpoints(model: str | os.PathLike | None, needed: dict[str, st
                                f"); train one with `r3p train --stage {stage}` or name it with "
                                f"{flag.get(stage, '--' + stage)} RUN")
     return out
+
+
+def htbsr_motion(ckpt: str, root: str | os.PathLike | None) -> str:
+    """The motion checkpoint folder an htbsr checkpoint was trained over (resolved like `training.htbsr.motion`)."""
+    from pipeline.train import TrainError, resolve_checkpoint
+    from training.checkpoint import read_meta
+
+    value = (read_meta(ckpt).get("params") or {}).get("motion")
+    if not value:
+        raise AnimateError(f"--htbsr {ckpt}: its params name no motion run (training.htbsr.motion)")
+    try:
+        return resolve_checkpoint(str(value), str(root) if root is not None else str(Path(ckpt).parent.parent))
+    except TrainError as exc:
+        raise AnimateError(f"--htbsr {ckpt}: its motion run is gone ({exc}); give --head RUN and --htbsr none, "
+                           "or retrain htbsr") from None
+
+
+def choose_htbsr(model: str | os.PathLike | None, htbsr: str | None, motion: str) -> str | None:
+    """The htbsr checkpoint to composite with: `htbsr` "none" → None; "auto"/None → the latest finished htbsr run
+    under `model` trained over the checkpoint `motion` (None when there is none); a run/folder → that one, which
+    must have been trained over `motion`."""
+    from training.checkpoint import META, read_meta
+
+    if htbsr == "none":
+        return None
+    if htbsr not in (None, "auto"):
+        ckpt = find_stage_checkpoints(model, {"htbsr": htbsr})["htbsr"]
+        if Path(htbsr_motion(ckpt, model)).resolve() != Path(motion).resolve():
+            raise AnimateError(f"--htbsr {htbsr} was trained over the motion run {htbsr_motion(ckpt, model)}, not "
+                               f"{motion}; drop --head (the htbsr run picks its own) or give --htbsr none")
+        return ckpt
+    root = Path(model) if model else None
+    if root is None or not root.is_dir():
+        return None
+    best: tuple[float, str] | None = None
+    for c in _final_checkpoints(root):
+        try:
+            if read_meta(c).get("stage") != "htbsr":
+                continue
+            if Path(htbsr_motion(str(c), root)).resolve() != Path(motion).resolve():
+                continue
+        except Exception:  # noqa: BLE001 - an unreadable or orphaned htbsr run is just not a candidate
+            continue
+        key = ((c / META).stat().st_mtime, str(c.resolve()))
+        best = key if best is None or key > best else best
+    return None if best is None else best[1]
 
 
 def blink_schedule(t: int, mode: str) -> np.ndarray | None:
@@ -316,29 +374,46 @@ class _RecordingProcessor:
 class Animator:
     """The loaded models (HeadAnimator + optional A2M) and the processed sources with their static layers."""
 
-    def __init__(self, head: HeadAnimator, a2m: A2MModel | None = None) -> None:
-        self.head, self.a2m = head, a2m
+    def __init__(self, head: HeadAnimator, a2m: A2MModel | None = None, htbsr: Any = None) -> None:
+        self.head, self.a2m, self.htbsr = head, a2m, htbsr
         self._rec = _RecordingProcessor(head.processor)
         head._processor = self._rec
         self._layers: dict[str, SourceLayers] = {}
 
     @classmethod
     def load(cls, model: str | None, cfg: Any = None, *, a2m: str | None = None, head: str | None = None,
-             need_a2m: bool = True, face_model: Any = None, device: str | None = None) -> Animator:
+             htbsr: str | None = "auto", need_a2m: bool = True, face_model: Any = None,
+             device: str | None = None) -> Animator:
+        """Load the stages: `head` (motion run; default the latest under `model`, or the one a named `htbsr` run
+        was trained over), `a2m` when `need_a2m`, and the compositor (`choose_htbsr`)."""
         from pipeline.config import load_config
+        from pipeline.htbsr_compose import CompositorError, HTBSRCompositor
 
         cfg = cfg or load_config()
-        if model is None and not (head and (a2m or not need_a2m)):
+        named_htbsr = htbsr not in (None, "auto", "none")
+        if model is None and not ((head or named_htbsr) and (a2m or not need_a2m)):
             model = cfg.training.storage_path
             if model is None:
                 raise AnimateError("--model: give the runs folder holding the trained stages (or --head/--a2m runs)")
+        if named_htbsr and not head:
+            head = htbsr_motion(find_stage_checkpoints(model, {"htbsr": htbsr})["htbsr"], model)
         needed = {"motion": head, **({"a2m": a2m} if need_a2m else {})}
         ckpts = find_stage_checkpoints(model, needed)
+        comp_ckpt = choose_htbsr(model, htbsr, ckpts["motion"])
         try:
             anim = HeadAnimator.from_checkpoint(ckpts["motion"], cfg, runs=".", face_model=face_model, device=device)
-        except RenderHeadError as exc:
+            comp = None if comp_ckpt is None else HTBSRCompositor(comp_ckpt, device=anim.device)
+        except (RenderHeadError, CompositorError) as exc:
             raise AnimateError(str(exc)) from None
-        return cls(anim, A2MModel(ckpts["a2m"], cfg) if need_a2m else None)
+        if comp is not None and comp.params.image_size != anim.p.image_size:
+            raise AnimateError(f"--htbsr {comp_ckpt}: trained on {comp.params.image_size}² heads, the motion run "
+                               f"renders {anim.p.image_size}²; give --htbsr none or a matching run")
+        return cls(anim, A2MModel(ckpts["a2m"], cfg) if need_a2m else None, comp)
+
+    @property
+    def compositor(self) -> str:
+        """"htbsr" (the learned compositor) or "static" (`compose`)."""
+        return "static" if self.htbsr is None else "htbsr"
 
     def source(self, image: str | os.PathLike | np.ndarray) -> tuple[Source, SourceLayers]:
         self._rec.last = None
@@ -373,12 +448,34 @@ class Animator:
         """Per chunk: "frames" (n, H, W, 3) uint8 composites, "opacity" (n, r, r), "start", and per-part
         seconds under "compose_s"."""
         bg = layers.plate if background is None else background
+        learned = compositor is None and self.htbsr is not None
         fn = compositor or compose
+        geo = getattr(motion, "geometry", None)
         for part in self.head.iter_render(src, motion, chunk):
             t = time.perf_counter()
-            frames = fn(part["sr"], part["opacity"], layers.torso, bg, layers.torso_alpha)
-            yield {"start": part["start"], "frames": frames, "opacity": part["opacity"],
+            if learned:
+                sl = slice(part["start"], part["start"] + len(part["sr"]))
+                kp = self.driving_keypoints(src, layers, motion.exp[sl],
+                                            None if geo is None else geo.fit.euler[sl],
+                                            None if geo is None else geo.fit.trans[sl])
+                frames, alpha = self.htbsr(part["sr"], part["opacity"], layers.torso, layers.torso_alpha, bg,
+                                           layers.kp, kp)
+            else:
+                frames = fn(part["sr"], part["opacity"], layers.torso, bg, layers.torso_alpha)
+                alpha = None
+            yield {"start": part["start"], "frames": frames, "opacity": part["opacity"], "alpha": alpha,
                    "compose_s": time.perf_counter() - t}
+
+    def driving_keypoints(self, src: Source, layers: SourceLayers, exp: np.ndarray, euler: np.ndarray | None = None,
+                          trans: np.ndarray | None = None) -> np.ndarray:
+        """(n, 4, 2) torso-driving keypoints of frames with expressions `exp` and pose (euler, trans) (None = the
+        source's pose): the source's tracked keypoints moved by the 3DMM (`pipeline.htbsr_compose`)."""
+        from pipeline.htbsr_compose import driving_keypoints
+
+        if layers.kp is None:
+            raise AnimateError(f"--source {src.path}: its layers carry no keypoints (made without a record)")
+        return driving_keypoints(self.head.face3d, layers.kp, src.id_coeff, src.exp, layers.euler, layers.trans,
+                                 exp, euler, trans, int(src.crop.shape[0]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,6 +493,7 @@ def _progress(stream) -> Callable[[int, int, float], None]:
 def animate(model: str | os.PathLike | Animator | None, source: str | os.PathLike, out: str | os.PathLike, *,
             audio: str | os.PathLike | None = None, video: str | os.PathLike | None = None,
             bg: str | os.PathLike | None = None, cfg: Any = None, a2m: str | None = None, head: str | None = None,
+            htbsr: str | None = "auto",
             mouth_amp: float | None = None, temperature: float | None = 0.2, blink: str = "none",
             max_frames: int | None = None, size: int | None = None, chunk: int = 16, seed: int = 0,
             face_model: Any = None, device: str | None = None, progress: Callable[[int, int, float], None] | None
@@ -430,7 +528,7 @@ def animate(model: str | os.PathLike | Animator | None, source: str | os.PathLik
         raise AnimateError(f"--video {video}: no such file; give a video of one talking face")
     t0 = time.perf_counter()
     anim = model if isinstance(model, Animator) else Animator.load(
-        None if model is None else str(model), cfg, a2m=a2m, head=head, need_a2m=audio is not None,
+        None if model is None else str(model), cfg, a2m=a2m, head=head, htbsr=htbsr, need_a2m=audio is not None,
         face_model=face_model, device=device)
     t_load = time.perf_counter() - t0
     before = dict(anim.head.seconds)
@@ -476,9 +574,10 @@ def animate(model: str | os.PathLike | Animator | None, source: str | os.PathLik
                                         0.0), 4)
     sec["total"] = round(time.perf_counter() - t_all, 4)
     return {"frames": done[0], "fps": mot.fps, "size": out_size, "motion": mot.kind, "audio": mot.audio is not None,
-            "background": "plate" if bg is None else str(bg), "seconds": sec,
+            "background": "plate" if bg is None else str(bg), "compositor": anim.compositor, "seconds": sec,
             "frames_per_s": round(done[0] / loop, 2) if loop > 0 else None,
             "checkpoints": {"motion": anim.head.checkpoint,
+                            **({"htbsr": anim.htbsr.checkpoint} if anim.htbsr is not None else {}),
                             **({"a2m": anim.a2m.checkpoint} if anim.a2m is not None and audio is not None else {})},
             "out": str(out.resolve())}
 
@@ -487,7 +586,7 @@ def format_summary(s: dict[str, Any]) -> str:
     sec = s["seconds"]
     parts = ", ".join(f"{k} {v:.2f} s" for k, v in sec.items() if k != "total")
     return (f"animate: {s['frames']} frames at {s['fps']:g} fps, {s['size']}² ({s['motion']} motion, audio "
-            f"{'muxed' if s['audio'] else 'none'}, background {s['background']}) in {sec['total']:.2f} s "
+            f"{'muxed' if s['audio'] else 'none'}, background {s['background']}, {s['compositor']} compositor) in {sec['total']:.2f} s "
             f"({parts}); {s['frames_per_s']} frames/s -> {s['out']}\n{json.dumps(s)}")
 
 

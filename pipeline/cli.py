@@ -192,6 +192,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"r3p render-head: {meta['head_source']} driven by {meta['head_driving_which']} ({meta['head_frames']} "
           f"frames in {meta['head_seconds']:.0f} s): {meta['head_video']}")
     print(f"head sheet (driving frame, its SECC, render, opacity): {meta['head_sheet']}")
+    t = meta["train_htbsr"]
+    print(f"r3p train htbsr (tiny) on the demo dataset: {t['steps']} steps in {t['fit_seconds']:.0f} s; "
+          f"MLflow run {t['mlflow_run_id']}; checkpoint: {t['checkpoint']}")
+    a = meta["animate"]
+    print(f"r3p animate (the photo + the driving clip's audio through A2M; {a['compositor']} compositor): {a['frames']} "
+          f"frames at {a['size']}² in {a['seconds']['total']:.0f} s: {meta['animate_video']}")
+    print(f"animate sheet (driving frames beside animated frames): {meta['animate_sheet']}")
     ev = meta["evaluation"]
     print(f"evaluation (r3p evaluate, split {meta['evaluation_split']}, {ev['clips']} clips, {ev['items']} items in "
           f"{ev['total_seconds']:.0f} s; {ev['seconds_per_item'] or 0:.1f} s per item):")
@@ -290,7 +297,7 @@ def cmd_animate(args: argparse.Namespace) -> int:
 
     try:
         summary = animate(args.model, args.source, args.out, audio=args.audio, video=args.video, bg=args.bg,
-                          cfg=_cfg(args), a2m=args.a2m, head=args.head, mouth_amp=args.mouth_amp,
+                          cfg=_cfg(args), a2m=args.a2m, head=args.head, htbsr=args.htbsr, mouth_amp=args.mouth_amp,
                           temperature=args.temperature, blink=args.blink, max_frames=args.max_frames,
                           size=args.size, chunk=args.chunk, seed=args.seed)
     except AnimateError as exc:
@@ -460,11 +467,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_render_head)
 
     p = sub.add_parser("animate", parents=[cfgp], help="source photo + audio or driving video -> talking-portrait "
-                       "mp4 (A2M + motion model + static-torso compositing)",
+                       "mp4 (A2M + motion model + HTB-SR or static-torso compositing)",
                        description="Preprocess SOURCE (one photo: crop, fit, segment, inpainted torso, background "
                                    "plate; I2P once), drive it with --audio (A2M expressions, the source's head "
                                    "pose) or --video (its fitted expressions and pose), render the head per chunk, "
-                                   "put it over the source's torso and the background (its plate or --bg) and "
+                                   "fuse it with the source's torso (warped by a trained htbsr run, or static) "
+                                   "and the background (its plate or --bg) and "
                                    "stream an H.264 mp4 at 25 fps with the audio muxed, at the source's crop size "
                                    "(tracking.crop_size) or --size.")
     p.add_argument("--source", required=True, metavar="IMG", help="source photo (PNG/JPEG) of one face")
@@ -476,6 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(default: training.storage_path)")
     p.add_argument("--a2m", metavar="RUN", help="a2m run (name under --model, or folder)")
     p.add_argument("--head", metavar="RUN", help="motion-stage run (name under --model, or folder)")
+    p.add_argument("--htbsr", metavar="auto|none|RUN", default="auto",
+                   help="compositor: an htbsr run (name under --model, or folder; implies its motion run), 'auto' "
+                        "(default: the latest htbsr run over the chosen motion run, else the static-torso "
+                        "compositor) or 'none' (static torso)")
     p.add_argument("--mouth-amp", type=float, help="A2M mouth amplitude control (default: the training mean)")
     p.add_argument("--temperature", type=float, default=0.2, help="A2M sampling temperature")
     p.add_argument("--blink", choices=["none", "period"], default="none",

@@ -74,6 +74,8 @@ def run_demo(cfg: R3PConfig, out_dir: Path) -> dict:
     meta.update(multiview_demo(cfg, Path(meta["dataset"]), out_dir))
     meta.update(train_demo(cfg, Path(meta["dataset"]), out_dir))
     meta.update(head_demo(cfg, Path(meta["views"]), Path(meta["dataset"]), Path(meta["corpus"]), out_dir))
+    meta.update(animate_demo(cfg, Path(meta["dataset"]), Path(meta["head_source"]), Path(meta["head_driving"]),
+                             out_dir))
     meta.update(evaluate_demo(cfg, Path(meta["dataset"]), out_dir, meta["train_syncnet"].get("checkpoint")))
     meta["total_seconds"] = round(time.perf_counter() - t0, 3)
     (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2))
@@ -344,3 +346,54 @@ def head_demo(cfg: R3PConfig, views: Path, dataset: Path, corpus: Path, out_dir:
     return {"train_i2p": i2p, "train_motion": motion, "head_video": str(Path(video).resolve()),
             "head_sheet": str(sheet_path), "head_source": str(photo), "head_driving": str(driving),
             "head_driving_which": which, "head_frames": len(mot), "head_seconds": round(seconds, 2)}
+
+
+def animate_demo(cfg: R3PConfig, dataset: Path, photo: Path, driving: Path, out_dir: Path) -> dict:
+    """`r3p train --stage htbsr` (tiny, over the demo motion run's frozen head), then `r3p animate`: the demo
+    photo driven by the driving clip's *audio* through the demo A2M → animate.mp4 (composited by the htbsr run
+    just trained: `--htbsr auto` finds it over demo-motion), and a sheet of driving frames beside animated frames."""
+    import cv2
+
+    from pipeline.animate import animate
+    from pipeline.preprocess import ensure_ray
+    from pipeline.train import run_train
+
+    runs = Path(dataset).resolve() / "runs"
+    tcfg = cfg.model_copy(deep=True)
+    t = tcfg.training
+    t.size, t.val_split, t.checkpoint_every, t.cpus_per_worker = "tiny", "none", 500, 0.5
+    t.split = "all"
+    t.model_extra["htbsr"] = {"steps": 150, "batch_size": 4, "motion": str(runs / "demo-motion"),
+                              **t.model_extra.get("htbsr", {})}
+    lines: list[str] = []
+    started = ensure_ray(num_cpus=2)
+    try:
+        htbsr = run_train("htbsr", str(dataset), "demo-htbsr", tcfg, say=lines.append)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    with open(out_dir / "training.log", "a") as fh:
+        fh.write("\n".join(lines) + "\n")
+    out = out_dir / "animate.mp4"
+    s = animate(str(runs), str(photo), str(out), audio=str(driving), cfg=cfg, a2m="demo-a2m", head="demo-motion",
+                max_frames=50, progress=lambda *_: None)
+
+    def frames(path: Path, picks: list[int]) -> list[np.ndarray]:
+        cap, got, k = cv2.VideoCapture(str(path)), [], 0
+        while len(got) < len(picks):
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            if k in picks:
+                got.append(cv2.resize(bgr[..., ::-1], (160, 160), interpolation=cv2.INTER_AREA))
+            k += 1
+        cap.release()
+        return got
+
+    picks = np.linspace(0, s["frames"] - 1, 4).round().astype(int).tolist()
+    rows = [list(pair) for pair in zip(frames(driving, picks), frames(out, picks))]
+    sheet = save_png(contact_sheet(rows, ["driving clip (its audio drives A2M)", "r3p animate"],
+                                   [f"frame {k}" for k in picks[:len(rows)]]), out_dir / "animate_sheet.png")
+    return {"train_htbsr": htbsr, "animate": s, "animate_video": s["out"], "animate_sheet": str(sheet)}

@@ -273,3 +273,87 @@ def test_bad_inputs_name_the_input_and_the_fix(world, tmp_path, capsys):
     rc = main(["animate", "--model", str(only_motion), "--source", str(w["photo"]),
                "--audio", _wav(tmp_path / "ok2.wav", 0.2), "--out", str(tmp_path / "y.mp4")])
     assert rc == 2 and "no finished 'a2m' run" in capsys.readouterr().err
+
+
+def _htbsr_runs(world, tmp_path):
+    """A copy of the world's runs folder plus a random-init htbsr run over its motion run (32² heads, 32² work
+    size, 64² out: animate resizes to the 128² output)."""
+    import shutil
+
+    from training import htbsr
+
+    runs = tmp_path / "runs"
+    shutil.copytree(world["runs"], runs)
+    p = htbsr.STAGE.params("tiny", {**SMALL, "work_size": 32, "out_size": 64, "motion": str(runs / "motion-tiny")})
+    torch.manual_seed(1)
+    _save(runs / "htbsr-tiny" / "final", htbsr.STAGE.build(p, {}), {"stage": "htbsr", "params": dataclasses.asdict(p)})
+    return runs
+
+
+def test_htbsr_compositor_chosen_and_bg_replaced(world, tmp_path, monkeypatch):
+    w = world
+    runs = _htbsr_runs(w, tmp_path)
+    anim = Animator.load(str(runs), w["cfg"], face_model=w["fm"], device="cpu")  # auto: the htbsr run over motion
+    assert anim.compositor == "htbsr" and anim.htbsr.checkpoint.endswith("htbsr-tiny/final")
+    assert Animator.load(str(runs), w["cfg"], htbsr="none", face_model=w["fm"], device="cpu").compositor == "static"
+    src, layers = anim.source(w["photo"])
+    _confine_opacity(monkeypatch, anim, src)
+    # the source's own expression and pose: the driving keypoints are the source's tracked ones
+    np.testing.assert_allclose(anim.driving_keypoints(src, layers, src.exp[None]), layers.kp[None], atol=1e-6)
+    wav = _wav(tmp_path / "s.wav", 0.4)
+    s = animate(anim, w["photo"], tmp_path / "h.mp4", audio=wav, bg=w["bg"], chunk=4, progress=lambda *a: None)
+    assert s["compositor"] == "htbsr" and s["checkpoints"]["htbsr"] == anim.htbsr.checkpoint and s["frames"] == 10
+    frames = _decode(s["out"])
+    assert frames.shape == (10, 128, 128, 3)
+    # pixels outside the predicted person alpha are the --bg image (within codec error)
+    audio, t = read_driving_audio(wav)
+    mot = anim.audio_motion(audio, t, temperature=0.2)
+    want = animate_mod.load_background(w["bg"], 128)
+    alpha = np.concatenate([p["alpha"] for p in anim.iter_frames(src, layers.resized(128), mot, want, chunk=4)])
+    outside = cv2.erode((alpha < 0.03).astype(np.uint8).transpose(1, 2, 0), np.ones((5, 5), np.uint8))
+    outside = outside.reshape(alpha.shape[1], alpha.shape[2], -1).transpose(2, 0, 1).astype(bool)
+    assert 0.1 < outside.mean() < 0.98, outside.mean()
+    diff = np.abs(frames.astype(np.float32) - want[None].astype(np.float32))[outside]
+    assert diff.mean() < 3.0 and np.percentile(diff, 99) < 10, (diff.mean(), np.percentile(diff, 99))
+
+
+def test_htbsr_named_run_implies_its_motion_and_mismatches_fail(world, tmp_path):
+    import shutil
+
+    w = world
+    runs = _htbsr_runs(w, tmp_path)
+    anim = Animator.load(None, w["cfg"], a2m=str(runs / "a2m-tiny"), htbsr=str(runs / "htbsr-tiny"), face_model=w["fm"],
+                         device="cpu")
+    assert anim.compositor == "htbsr"
+    assert anim.head.checkpoint == str((runs / "motion-tiny" / "final").resolve())
+    shutil.copytree(runs / "motion-tiny", runs / "motion-other")
+    with pytest.raises(AnimateError, match="trained over the motion run"):
+        Animator.load(str(runs), w["cfg"], head="motion-other", htbsr="htbsr-tiny", face_model=w["fm"], device="cpu")
+    # auto over another motion run: no htbsr run matches it → the static compositor
+    assert Animator.load(str(runs), w["cfg"], head="motion-other", face_model=w["fm"], device="cpu").compositor \
+        == "static"
+    with pytest.raises(AnimateError, match="'a2m' checkpoint"):
+        Animator.load(str(runs), w["cfg"], htbsr="a2m-tiny", face_model=w["fm"], device="cpu")
+
+
+def test_driving_keypoints_follow_the_3dmm_translation(world):
+    """Moving the head by d (3DMM units) along x moves each keypoint by focal·d / z_cam pixels (the pinhole)."""
+    from preprocessing.face3d import CAMERA_DISTANCE, intrinsics, rotation_matrix
+    from pipeline.htbsr_compose import driving_keypoints
+    from training.htbsr import KP_INDICES
+
+    anim = world["anim"]
+    src, layers = anim.source(world["photo"])
+    crop = int(src.crop.shape[0])
+    d = 0.05
+    trans = (layers.trans + np.array([d, 0, 0], np.float32))[None]
+    kp = driving_keypoints(anim.head.face3d, layers.kp, src.id_coeff, src.exp, layers.euler, layers.trans,
+                           src.exp[None], layers.euler[None], trans, crop)[0]
+    f3 = anim.head.face3d
+    with torch.no_grad():
+        shape = f3.keypoint_shape(torch.as_tensor(src.id_coeff)[None], torch.as_tensor(src.exp)[None])[0]
+        posed = shape @ rotation_matrix(torch.as_tensor(layers.euler)[None])[0].T + torch.as_tensor(layers.trans)
+    z = CAMERA_DISTANCE - posed[list(KP_INDICES), 2].numpy()
+    focal, _ = intrinsics(crop)
+    np.testing.assert_allclose(kp[:, 0] - layers.kp[:, 0], focal * d / z / crop, rtol=1e-3)
+    np.testing.assert_allclose(kp[:, 1], layers.kp[:, 1], atol=1e-5)

@@ -60,6 +60,10 @@ def test_demo_writes_contact_sheet_marked_synthetic(tmp_path, capsys):
     assert decoded == meta["head_frames"]
     head = np.asarray(Image.open(meta["head_sheet"]))
     assert head.shape[0] > 4 * 128 and head.shape[1] > 4 * 128 and head.std() > 10
+    # HTB-SR trained over the motion run; r3p animate from the driving clip's audio, its sheet
+    assert meta["train_htbsr"]["steps"] == 150
+    assert meta["animate_video"] in printed and meta["animate_sheet"] in printed
+    assert meta["animate"]["frames"] == 50 and meta["animate"]["audio"] and meta["animate"]["compositor"] == "htbsr"
 
 
 def _eye_box_pixels(face3d, exp, size):
