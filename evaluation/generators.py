@@ -10,9 +10,9 @@ Baselines:
 - `static`: the source frame repeated (what a model that never moves scores);
 - `ground_truth`: the true frames of the driving clip (the ceiling for self-reenactment fidelity,
   sync and identity).
-A trained model (`--model RUN|DIR|champion`) plugs in through `load_generator`; the animate
-pipeline (`r3p animate`: I2P, motion adapter, HTB-SR) is not built yet, so it raises
-`GeneratorNotAvailable` naming what is missing. That one function is the seam to fill.
+A trained model is not loaded here: `r3p animate` lives in `pipeline/`, above this package, so the job
+(`pipeline.evaluate`) builds it (`pipeline.animate_generator.make_generator`) behind this same
+`Generator` interface; `load_generator` knows the baselines and says so for anything else.
 """
 
 from __future__ import annotations
@@ -31,21 +31,29 @@ class GeneratorNotAvailable(RuntimeError):
 
 @dataclass
 class Geometry:
-    """Per-frame fitted geometry: landmarks (T, 68, 2) crop pixels, expression (T, 64), Euler angles (T, 3) radians."""
+    """Per-frame fitted geometry: landmarks (T, 68, 2) crop pixels, expression (T, 64), Euler angles (T, 3) radians;
+    when the dataset has them, the fitted translation (T, 3) and EG3D cameras (T, 25) (what a model driven by
+    the clip's pose reads)."""
 
     landmarks: np.ndarray
     exp: np.ndarray
     euler: np.ndarray
+    trans: np.ndarray | None = None
+    cams: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         t = len(self.landmarks)
         if self.landmarks.shape[1:] != (68, 2) or self.exp.shape != (t, 64) or self.euler.shape != (t, 3):
             raise ValueError(f"Geometry: landmarks {self.landmarks.shape}, exp {self.exp.shape}, euler "
                              f"{self.euler.shape} must be (T, 68, 2), (T, 64), (T, 3) with one T")
+        for name, a, d in (("trans", self.trans, 3), ("cams", self.cams, 25)):
+            if a is not None and np.shape(a) != (t, d):
+                raise ValueError(f"Geometry: {name} {np.shape(a)} must be ({t}, {d})")
 
     def take(self, index: np.ndarray) -> Geometry:
         """The rows at `index` (frames)."""
-        return Geometry(self.landmarks[index], self.exp[index], self.euler[index])
+        pick = lambda a: None if a is None else a[index]  # noqa: E731
+        return Geometry(self.landmarks[index], self.exp[index], self.euler[index], pick(self.trans), pick(self.cams))
 
 
 @dataclass
@@ -61,6 +69,7 @@ class GenerationInput:
     driving_geometry: Geometry  # T rows
     audio: dict[str, np.ndarray]
     mode: str  # "video" (self / cross) or "audio"
+    driving_index: np.ndarray | None = None  # (T,) frame index in the clip of each driving row (audio rows 2i, 2i+1)
 
 
 @dataclass
@@ -105,14 +114,11 @@ class GroundTruth:
 
 
 def load_generator(model: str) -> Generator:
-    """The generator for a model name: a baseline (`static`, `ground_truth`), or a trained model (not built yet)."""
+    """The generator of a baseline (`static`, `ground_truth`); GeneratorNotAvailable for any other name (trained
+    models are built by the job: `pipeline.animate_generator.make_generator`)."""
     if model == "static":
         return StaticSource()
     if model == "ground_truth":
         return GroundTruth()
-    # The seam for trained models: `champion` (the MLflow registry alias), a run name or a checkpoint folder
-    # will load `r3p animate`'s pipeline here once it exists.
-    raise GeneratorNotAvailable(
-        f"--model {model!r}: evaluating a trained talking-head model needs the animate pipeline "
-        "(`r3p animate`: image-to-plane, motion adapter, HTB-SR), which is not built yet; evaluate the baselines "
-        f"with --model {'|'.join(BASELINES)} (both run in every evaluation)")
+    raise GeneratorNotAvailable(f"--model {model!r} is not a baseline ({'|'.join(BASELINES)}); trained models are "
+                                "loaded by `r3p evaluate` through `r3p animate`'s pipeline")

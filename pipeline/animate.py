@@ -347,10 +347,16 @@ class A2MModel:
 
     def __call__(self, audio: np.ndarray, t: int, *, mouth_amp: float | None = None, temperature: float | None = None,
                  blink: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
-        from training.a2m import predict_motion
-
         mel, f0 = windowed_features(audio, t)
         x = mel if self._hubert is None else self._hubert.features(audio, t)
+        return self.from_features(x, f0, mouth_amp=mouth_amp, temperature=temperature, blink=blink, seed=seed)
+
+    def from_features(self, x: np.ndarray, f0: np.ndarray, *, mouth_amp: float | None = None,
+                      temperature: float | None = None, blink: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+        """Expression (T, 64) from stored features: x (2T, D) of the kind this model was trained on (`self.kind`:
+        "mel" or "hubert"), f0 (2T,) Hz — e.g. a dataset clip's own columns."""
+        from training.a2m import predict_motion
+
         temp = self.params.temperature if temperature is None else temperature
         with torch.inference_mode():
             exp = predict_motion(self.net, x, f0, mouth_amp=mouth_amp, blink=blink, temperature=temp, seed=seed)
@@ -450,14 +456,13 @@ class Animator:
         bg = layers.plate if background is None else background
         learned = compositor is None and self.htbsr is not None
         fn = compositor or compose
-        geo = getattr(motion, "geometry", None)
         for part in self.head.iter_render(src, motion, chunk):
             t = time.perf_counter()
             if learned:
                 sl = slice(part["start"], part["start"] + len(part["sr"]))
                 kp = self.driving_keypoints(src, layers, motion.exp[sl],
-                                            None if geo is None else geo.fit.euler[sl],
-                                            None if geo is None else geo.fit.trans[sl])
+                                            None if motion.euler is None else motion.euler[sl],
+                                            None if motion.trans is None else motion.trans[sl])
                 frames, alpha = self.htbsr(part["sr"], part["opacity"], layers.torso, layers.torso_alpha, bg,
                                            layers.kp, kp)
             else:

@@ -182,7 +182,8 @@ def preprocess_demo(cfg: R3PConfig, corpus: Path, out_dir: Path) -> dict:
 
 
 def evaluate_demo(cfg: R3PConfig, dataset: Path, out_dir: Path, sync_model: str | None = None) -> dict:
-    """`r3p evaluate` (static and ground-truth baselines, three protocols) on the demo dataset's test split,
+    """`r3p evaluate` of the demo's trained stages (`--model <dataset>/runs`: the animate pipeline) beside the
+    static and ground-truth baselines, three protocols, on the demo dataset's test split,
     or on all its clips when the few demo speakers all hashed into other splits (said in the output);
     Sync-lm with the demo's landmark SyncNet when given (and no SyncNet v2 weights are installed)."""
     import shutil
@@ -199,7 +200,8 @@ def evaluate_demo(cfg: R3PConfig, dataset: Path, out_dir: Path, sync_model: str 
     if sync_model and not cfg.evaluate.sync_model:
         cfg = cfg.model_copy(deep=True)
         cfg.evaluate.sync_model = sync_model
-    s = run_evaluate(str(dataset), cfg, split=split, out=str(out), say=lambda _: None)
+    runs = Path(dataset).resolve() / "runs"  # the demo's trained stages, through the animate pipeline
+    s = run_evaluate(str(dataset), cfg, models=[str(runs)], split=split, out=str(out), say=lambda _: None)
     return {"evaluation": s, "evaluation_split": split, "evaluation_table": format_table(s),
             "evaluation_report": s["report"]}
 

@@ -33,7 +33,8 @@ from evaluation.protocols import PROTOCOL_METRICS, EvalItem, build_items, clip_l
 from pipeline import shards
 from pipeline.config import R3PConfig
 
-FRAME_COLUMNS = ["clip_id", "index", "timestamp", "valid", "frame_jpeg", "landmarks", "exp", "euler"]
+FRAME_COLUMNS = ["clip_id", "index", "timestamp", "valid", "frame_jpeg", "landmarks", "exp", "euler", "trans",
+                 "eg3d_cam"]
 AUDIO_COLUMNS = ("mel", "f0", "rms", "hubert")
 CACHE_FORMAT = 1
 
@@ -84,6 +85,8 @@ def load_clip(layout: shards.Layout, clip_id: str, max_frames: int, min_frames: 
         raise ValueError(f"clip {clip_id}: frames decode to {frames.shape}, expected RGB (T, H, W, 3)")
     exp = np.asarray(t["exp"].to_pylist(), dtype=np.float64)[idx]
     euler = np.asarray(t["euler"].to_pylist(), dtype=np.float64)[idx]
+    trans = np.asarray(t["trans"].to_pylist(), dtype=np.float64)[idx]
+    cams = np.asarray(t["eg3d_cam"].to_pylist(), dtype=np.float64)[idx]
     audio: dict[str, np.ndarray] = {}
     cparts = [pq.read_table(p, filesystem=layout.fs, columns=["clip_id", "source", *AUDIO_COLUMNS],
                             filters=[("clip_id", "=", clip_id)]) for p in _shard_files(layout, "clips")]
@@ -94,7 +97,7 @@ def load_clip(layout: shards.Layout, clip_id: str, max_frames: int, min_frames: 
                 audio[k] = np.asarray(crow[0][k], dtype=np.float32)
     index = np.asarray(t["index"].to_pylist(), dtype=np.int64)[idx]
     stamps = np.asarray(t["timestamp"].to_pylist(), dtype=np.float64)[idx]
-    return ClipData(clip_id, frames, Geometry(lm[idx], exp, euler), audio, index, stamps,
+    return ClipData(clip_id, frames, Geometry(lm[idx], exp, euler, trans, cams), audio, index, stamps,
                     crow[0]["source"] if crow else None)
 
 
@@ -173,7 +176,8 @@ class ItemScorer:
     repeated frames (a static source embeds once)."""
 
     def __init__(self, layout_uri: str, models: list[str], backend_paths: dict[str, str | None], max_frames: int,
-                 strip_frames: int = 4, threads: int = 1, sync_checkpoint: str | None = None):
+                 strip_frames: int = 4, threads: int = 1, sync_checkpoint: str | None = None,
+                 model_paths: dict[str, str] | None = None, cfg_json: str | None = None):
         import torch
 
         from evaluation.metrics.backends import resolve_backends
@@ -181,7 +185,7 @@ class ItemScorer:
         torch.set_num_threads(max(1, threads))
         self.layout = shards.open_dataset(layout_uri)
         self.models = list(models)
-        self.generators = {m: load_generator(m) for m in self.models}
+        self.generators = build_generators(self.models, model_paths or {}, cfg_json)
         lm_sync = LandmarkSyncEmbedder(sync_checkpoint) if sync_checkpoint else None
         self.backends = resolve_backends(**backend_paths, landmark_sync=lm_sync)
         self.max_frames, self.strip_frames = max_frames, strip_frames
@@ -228,7 +232,7 @@ class ItemScorer:
             src = drive if item.source_clip_id == item.clip_id else load_clip(self.layout, item.source_clip_id, 1, 1)
             res.frames = len(drive.frames)
             inp = GenerationInput(src.frames[0], src.geometry.take(np.array([0])), drive.frames, drive.geometry,
-                                  drive.audio, "audio" if item.protocol == "audio" else "video")
+                                  drive.audio, "audio" if item.protocol == "audio" else "video", drive.index)
             res.strips["source"] = _strip_png(src.frames[:1], 1)
             res.strips["driving"] = _strip_png(drive.frames, self.strip_frames)
             for name, gen in self.generators.items():
@@ -249,9 +253,9 @@ class ItemScorer:
 
         states: dict[str, Any] = {}
         skipped: dict[str, str] = {}
-        gen_lm = None if out.geometry is None else out.geometry.landmarks
-        no_geo = ("the model's frames carry no fitted geometry (fitting generated frames comes with the animate "
-                  "pipeline)")
+        gen_lm = self._face_landmarks(inp, drive, out)
+        no_geo = ("the model's frames carry no fitted geometry (re-fitting generated frames is not built yet; the "
+                  "driving geometry the model was asked to follow is not used in its place)")
         for fam in PROTOCOL_METRICS[protocol]:
             if fam == "PSNR":
                 m = PSNR()
@@ -316,6 +320,18 @@ class ItemScorer:
         if skipped:
             res.not_computed[model] = skipped
 
+
+    @staticmethod
+    def _face_landmarks(inp: GenerationInput, drive: ClipData, out) -> np.ndarray | None:
+        """Where the face is in the generated frames, for the identity/FID embedders: the generator's own geometry;
+        for a trained model (no geometry), where it was asked to put the face — the driving frames' landmarks
+        (video: the head follows the driving pose in the crop) or the source's (audio: the source pose), so a
+        frame whose face the detector cannot find still gets embedded (and scores low) instead of failing."""
+        if out.geometry is not None or len(out.frames) != len(drive.frames):
+            return None if out.geometry is None else out.geometry.landmarks
+        if inp.mode == "video":
+            return drive.geometry.landmarks
+        return np.repeat(inp.source_geometry.landmarks[:1], len(out.frames), 0)
 
     def _sync_blocker(self, out, drive: ClipData) -> str | None:
         """Why the sync metric cannot run on this item (None when it can)."""
@@ -405,8 +421,10 @@ class EvalOperator:
     """Ray Data operator: loads the scorer once; a batch of items in, pickled ItemResults out."""
 
     def __init__(self, layout_uri: str, models: list[str], backend_paths: dict[str, str | None], max_frames: int,
-                 strip_frames: int, threads: int, sync_checkpoint: str | None):
-        self.scorer = ItemScorer(layout_uri, models, backend_paths, max_frames, strip_frames, threads, sync_checkpoint)
+                 strip_frames: int, threads: int, sync_checkpoint: str | None,
+                 model_paths: dict[str, str] | None = None, cfg_json: str | None = None):
+        self.scorer = ItemScorer(layout_uri, models, backend_paths, max_frames, strip_frames, threads, sync_checkpoint,
+                                 model_paths, cfg_json)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         keys, payloads = [], []
@@ -488,6 +506,16 @@ def sync_checkpoint(cfg: R3PConfig, layout: shards.Layout) -> str | None:
         raise EvaluateError(f"evaluate.sync_model: {exc}") from None
 
 
+def _checkpoints(gen: Any) -> list[str]:
+    """The checkpoint folders behind a trained generator (motion, a2m, htbsr), for the cache signature."""
+    anim = getattr(gen, "anim", None)
+    if anim is None:
+        return []
+    out = [anim.head.checkpoint]
+    out += [m.checkpoint for m in (anim.a2m, anim.htbsr) if m is not None]
+    return [str(c) for c in out if c]
+
+
 def _signature(models: list[str], paths: dict[str, str | None], max_frames: int) -> str:
     """Cache folder name: what makes a cached item result reusable (models, weight files and sizes, frames)."""
     files: dict[str, Any] = {}
@@ -517,11 +545,50 @@ def _select_clips(layout: shards.Layout, split: str, limit: int | None) -> list[
     return rows[:limit] if limit else rows
 
 
+def model_keys(specs: list[str]) -> dict[str, str]:
+    """{table key: model} for the requested models: a baseline keys as itself; a trained model (a runs / run
+    folder) by its folder name ("model" for a folder named runs; characters MLflow accepts in a metric name),
+    made unique."""
+    import re
+
+    out: dict[str, str] = {}
+    for m in specs:
+        if m in BASELINES:
+            out[m] = m
+            continue
+        name = Path(m).resolve().name
+        base = "model" if name in ("runs", "") else re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+        key, k = base, 2
+        while key in out or key in BASELINES:
+            key, k = f"{base}-{k}", k + 1
+        out[key] = m
+    return out
+
+
+def build_generators(models: list[str], model_paths: dict[str, str], cfg_json: str | None) -> dict[str, Any]:
+    """{key: Generator}: the baselines by name, the trained models (`model_paths`: key → folder) through the animate
+    pipeline (`pipeline.animate_generator`) under the job's config (`cfg_json`, else the default)."""
+    gens: dict[str, Any] = {}
+    cfg = None
+    for m in models:
+        if m in model_paths:
+            from pipeline.animate_generator import AnimateGenerator
+            from pipeline.config import load_config
+
+            cfg = cfg or (R3PConfig.model_validate_json(cfg_json) if cfg_json else load_config())
+            gens[m] = AnimateGenerator(model_paths[m], cfg)
+        else:
+            gens[m] = load_generator(m)
+    return gens
+
+
 def _run_items(items: list[EvalItem], layout_uri: str, models: list[str], paths: dict[str, str | None], cfg: R3PConfig,
-               address: str | None, use_ray: bool, sync_checkpoint: str | None) -> list[ItemResult]:
+               address: str | None, use_ray: bool, sync_checkpoint: str | None,
+               model_paths: dict[str, str] | None = None) -> list[ItemResult]:
     ec = cfg.evaluate
     if not use_ray:
-        scorer = ItemScorer(layout_uri, models, paths, ec.max_frames, ec.strip_frames, ec.threads, sync_checkpoint)
+        scorer = ItemScorer(layout_uri, models, paths, ec.max_frames, ec.strip_frames, ec.threads, sync_checkpoint,
+                            model_paths, cfg.model_dump_json())
         return [scorer(it) for it in items]
     import ray
 
@@ -529,14 +596,15 @@ def _run_items(items: list[EvalItem], layout_uri: str, models: list[str], paths:
 
     started = ensure_ray(address)
     try:
-        return _run_on_ray(items, layout_uri, models, paths, cfg, sync_checkpoint)
+        return _run_on_ray(items, layout_uri, models, paths, cfg, sync_checkpoint, model_paths)
     finally:
         if started:  # a Ray this job started is shut down (in-process callers: tests, the demo)
             ray.shutdown()
 
 
 def _run_on_ray(items: list[EvalItem], layout_uri: str, models: list[str], paths: dict[str, str | None],
-                cfg: R3PConfig, sync_checkpoint: str | None) -> list[ItemResult]:
+                cfg: R3PConfig, sync_checkpoint: str | None, model_paths: dict[str, str] | None = None
+                ) -> list[ItemResult]:
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -556,7 +624,8 @@ def _run_on_ray(items: list[EvalItem], layout_uri: str, models: list[str], paths
         warnings.simplefilter("ignore")
         out = ds.map_batches(EvalOperator, fn_constructor_kwargs={
             "layout_uri": layout_uri, "models": models, "backend_paths": paths, "max_frames": ec.max_frames,
-            "strip_frames": ec.strip_frames, "threads": ec.threads, "sync_checkpoint": sync_checkpoint},
+            "strip_frames": ec.strip_frames, "threads": ec.threads, "sync_checkpoint": sync_checkpoint,
+            "model_paths": model_paths or {}, "cfg_json": cfg.model_dump_json()},
             batch_size=1, batch_format="pyarrow", compute=ActorPoolStrategy(size=n), **remote)
     results = []
     for batch in out.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -572,16 +641,21 @@ def run_evaluate(data: str, cfg: R3PConfig, *, models: list[str] | None = None, 
     t0 = time.perf_counter()
     ec = cfg.evaluate
     split = split or ec.split
-    names = list(dict.fromkeys([*(models or ec.models), *BASELINES]))
-    for m in names:
-        load_generator(m)  # an unknown / unbuilt model fails before any work
+    keys = model_keys(list(dict.fromkeys([*(models or ec.models), *BASELINES])))
+    names = list(keys)
+    model_paths = {k: m for k, m in keys.items() if m not in BASELINES}
+    # every model loads here first: an unknown name or an unusable runs folder fails before any work
+    gens = build_generators(names, model_paths, cfg.model_dump_json())
+    weights = {f"model:{k}:{Path(c).parent.name}/{Path(c).name}": str(Path(c) / "model.safetensors")
+               for k in model_paths for c in _checkpoints(gens[k])}
     plist = parse_protocols(protocols or ec.protocols)
     layout = shards.open_dataset(data)
     clips = _select_clips(layout, split, limit or ec.limit)
     items, skipped = build_items(plist, clips)
     paths = _backend_paths(cfg)
     sync_ckpt = sync_checkpoint(cfg, layout)
-    sig = _signature(names, {**paths, "sync_model": sync_ckpt and str(Path(sync_ckpt) / "model.safetensors")},
+    sig = _signature([f"{k}={m}" for k, m in keys.items()],
+                     {**paths, **weights, "sync_model": sync_ckpt and str(Path(sync_ckpt) / "model.safetensors")},
                      ec.max_frames)
     list_hash = clip_list_hash([c for c, _ in clips])
     out_dir = Path(out) if out else Path(layout.dir) / "evaluations" / f"{split}-{list_hash}"
@@ -596,7 +670,7 @@ def run_evaluate(data: str, cfg: R3PConfig, *, models: list[str] | None = None, 
     say(f"r3p evaluate: {len(clips)} clips ({split}), protocols {','.join(plist)}, models {','.join(names)}: "
         f"{len(items)} items, {len(cached)} cached, {len(todo)} to compute")
     t1 = time.perf_counter()
-    fresh = _run_items(todo, layout.uri, names, paths, cfg, address, use_ray, sync_ckpt) if todo else []
+    fresh = _run_items(todo, layout.uri, names, paths, cfg, address, use_ray, sync_ckpt, model_paths) if todo else []
     compute_s = time.perf_counter() - t1
     for r in fresh:
         if r.error is None:  # failures are retried on the next run
@@ -614,7 +688,7 @@ def run_evaluate(data: str, cfg: R3PConfig, *, models: list[str] | None = None, 
     summary: dict[str, Any] = {
         "data": layout.uri, "split": split, "clips": len(clips), "clip_list_hash": list_hash,
         "protocols": plist, "protocols_skipped": skipped, "models": names,
-        "model_identity": {m: load_generator(m).identity for m in names}, "backends": notes,
+        "model_identity": {m: gens[m].identity for m in names}, "model_paths": model_paths, "backends": notes,
         "items": len(items), "cached": len(cached), "computed": len(fresh), "failed": failed,
         "compute_seconds": round(compute_s, 2),
         "seconds_per_item": round(sum(r.seconds for r in ok_fresh) / len(ok_fresh), 3) if ok_fresh else None,

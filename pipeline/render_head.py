@@ -66,6 +66,8 @@ class Motion:
     kind: str = "npz"
     geometry: Any = None  # ClipGeometry of a driving video (its aligned crops, for side-by-side sheets)
     seconds: float = 0.0
+    euler: np.ndarray | None = None  # (T, 3) fitted head pose per frame (None: the source's pose)
+    trans: np.ndarray | None = None  # (T, 3)
 
     def __len__(self) -> int:
         return len(self.exp)
@@ -379,7 +381,8 @@ class HeadAnimator:
         audio = None if geo.clip.audio is None else fit_audio(geo.clip.audio, n, geo.clip.fps)
         return Motion(exp=np.asarray(geo.fit.exp[:n], np.float32), cams=np.asarray(geo.fit.eg3d_cam[:n], np.float32),
                       fps=float(geo.clip.fps), audio=audio, kind="video", geometry=geo,
-                      seconds=time.perf_counter() - t)
+                      seconds=time.perf_counter() - t, euler=np.asarray(geo.fit.euler[:n], np.float32),
+                      trans=np.asarray(geo.fit.trans[:n], np.float32))
 
     # ---- rendering
     def secc(self, source: Source, exp: np.ndarray) -> np.ndarray:

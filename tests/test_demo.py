@@ -64,6 +64,12 @@ def test_demo_writes_contact_sheet_marked_synthetic(tmp_path, capsys):
     assert meta["train_htbsr"]["steps"] == 150
     assert meta["animate_video"] in printed and meta["animate_sheet"] in printed
     assert meta["animate"]["frames"] == 50 and meta["animate"]["audio"] and meta["animate"]["compositor"] == "htbsr"
+    # r3p evaluate: the demo's trained stages beside the baselines
+    ev = meta["evaluation"]
+    assert ev["models"] == ["model", "static", "ground_truth"] and not ev["failed"], ev["failed"]
+    assert "htbsr" in ev["model_identity"]["model"] and meta["evaluation_report"] in printed
+    psnr = [r for r in ev["table"] if r["protocol"] == "self" and r["metric"] == "PSNR"][0]["values"]
+    assert psnr["model"] is not None and psnr["model"] < psnr["ground_truth"]
 
 
 def _eye_box_pixels(face3d, exp, size):

@@ -100,12 +100,15 @@ def test_longest_run_of_consecutive_frames():
     assert longest_run(np.array([0, 2, 4])) == slice(0, 1)
 
 
-def test_trained_model_seam_says_animate_is_not_built(capsys):
+def test_unknown_models_are_refused_with_what_to_give(capsys):
     for name in ("champion", "my-run", "/some/checkpoint"):
-        with pytest.raises(GeneratorNotAvailable, match="animate pipeline"):
+        with pytest.raises(GeneratorNotAvailable, match="not a baseline"):
             load_generator(name)
     assert main(["evaluate", "--data", "/nonexistent", "--model", "champion"]) == 2
-    assert "not built yet" in capsys.readouterr().err
+    assert "registry" in capsys.readouterr().err
+    assert main(["evaluate", "--data", "/nonexistent", "--model", "/no/such/runs"]) == 2
+    err = capsys.readouterr().err
+    assert "/no/such/runs" in err and "runs folder" in err
 
 
 # ------------------------------------------------------------------------------------------------
@@ -302,3 +305,82 @@ def test_lse_runs_with_syncnet_v2_weights_on_the_source_waveform(dataset, tmp_pa
         assert np.isfinite(_value(s, "audio", "LSE-D", m)) and _value(s, "audio", "LSE-C", m) >= 0
     # a static mouth and the moving one are different videos: the distances differ
     assert _value(s, "audio", "LSE-D", "static") != _value(s, "audio", "LSE-D", "ground_truth")
+
+
+def _random_runs(root):
+    """A runs folder of random-init tiny checkpoints (motion at 32² heads, a2m on log-mel, htbsr over the motion)."""
+    import dataclasses
+
+    import torch
+
+    from preprocessing.synthetic_bfm import synthetic_face_model
+    from training import a2m, htbsr, motion
+    from training.checkpoint import save_checkpoint
+    from training.keypoints import KeypointBasis
+
+    def save(folder, net, meta):
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        save_checkpoint(folder, net, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), 0, meta)
+
+    torch.manual_seed(0)
+    small = dict(image_size=32, render_resolution=16, plane_resolution=32, samples_coarse=8, samples_fine=8,
+                 width=16, adapter_width=8)
+    runs = root / "runs"
+    pm = motion.STAGE.params("tiny", small)
+    save(runs / "motion-t" / "final", motion.build_motion_head(pm), {"stage": "motion", "params": dataclasses.asdict(pm)})
+    pa_ = a2m.A2MStage().params("tiny", {"w_sync": 0.0})
+    fm = synthetic_face_model(0, "bfm")
+    info = {"audio": "mel", "audio_dim": 80, "audio_mean": np.zeros(80, np.float32),
+            "audio_std": np.full(80, 3.0, np.float32), "keypoints": KeypointBasis.from_face_model(fm).to_dict()}
+    save(runs / "a2m-t" / "final", a2m.A2MStage().build(pa_, info),
+         {"stage": "a2m", "params": dataclasses.asdict(pa_), "info": {"audio": "mel", "audio_dim": 80}})
+    ph = htbsr.STAGE.params("tiny", {**small, "work_size": 32, "out_size": 64, "motion": str(runs / "motion-t")})
+    save(runs / "htbsr-t" / "final", htbsr.STAGE.build(ph, {}), {"stage": "htbsr", "params": dataclasses.asdict(ph)})
+    return runs
+
+
+def test_a_trained_model_is_evaluated_through_the_animate_pipeline(dataset, tmp_path):
+    """`--model RUNS`: the animate pipeline generates beside the baselines; its table values are the metrics of
+    the frames it generates (recomputed here), the video items are driven by the clip's stored expressions and
+    cameras, audio items by A2M on the clip's stored features, and geometry metrics say why they did not run."""
+    from evaluation.metrics import PSNR
+    from evaluation.protocols import EvalItem
+    from pipeline.animate_generator import AnimateGenerator
+    from pipeline.evaluate import load_clip
+
+    runs = _random_runs(tmp_path)
+    cfg = load_config("tiny", overrides=[*EVAL_SET, "evaluate.max_frames=8", "tracking.crop_size=128"])
+    s = run_evaluate(str(dataset), cfg, models=[str(runs)], protocols="self,audio", split="all", limit=2,
+                     out=str(tmp_path / "ev"), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", use_ray=False,
+                     say=lambda _: None)
+    assert s["models"] == ["model", "static", "ground_truth"] and not s["failed"], [f["error"] for f in s["failed"]]
+    assert "htbsr-t" in s["model_identity"]["model"] and s["model_paths"]["model"] == str(runs)
+    assert "no fitted geometry" in s["not_computed"]["self"]["model"]["AED"]
+    # the table's PSNR is the PSNR of what the generator makes for those items
+    layout = shards.open_dataset(str(dataset))
+    gen = AnimateGenerator(str(runs), cfg)
+    psnr = PSNR()
+    from pipeline.evaluate import _select_clips
+
+    for cid, _ in _select_clips(layout, "all", 2):
+        drive = load_clip(layout, cid, cfg.evaluate.max_frames)
+        from evaluation.generators import GenerationInput
+
+        item = GenerationInput(drive.frames[0], drive.geometry.take(np.array([0])), drive.frames, drive.geometry,
+                               drive.audio, "video", drive.index)
+        mot = gen.motion(item)
+        np.testing.assert_array_equal(mot.cams, drive.geometry.cams.astype(np.float32))
+        np.testing.assert_array_equal(mot.exp, drive.geometry.exp.astype(np.float32))
+        out = gen(item)
+        assert out.frames.shape == drive.frames.shape and out.geometry is None
+        assert np.abs(out.frames.astype(int) - drive.frames[:1].astype(int)).mean() > 1  # not the source repeated
+        psnr.update(out.frames, drive.frames)
+        audio_item = GenerationInput(*[getattr(item, k) for k in ("source_frame", "source_geometry", "driving_frames",
+                                                                  "driving_geometry", "audio")], "audio", drive.index)
+        i0, i1 = int(drive.index[0]), int(drive.index[-1]) + 1
+        want = gen.anim.a2m.from_features(drive.audio["mel"][2 * i0:2 * i1], drive.audio["f0"][2 * i0:2 * i1])
+        np.testing.assert_allclose(gen.motion(audio_item).exp, want[drive.index - i0], atol=1e-6)
+    table = _value(s, "self", "PSNR", "model")
+    assert abs(table - psnr.compute()["PSNR"].value) < 1e-6 * max(1.0, abs(table)), (table, psnr.compute())
+    assert _value(s, "audio", "CSIM-dlib", "model") is not None
+
