@@ -6,7 +6,8 @@
 
 Per evaluation item (`evaluation.generators.GenerationInput`):
 - the source frame (the dataset's aligned crop) is processed as a photo by the animate pipeline (detect,
-  fit, segment, inpainted torso, plate, I2P; once per distinct source frame);
+  fit, segment, inpainted torso, plate, I2P; once per distinct source frame); crops under 320² are
+  upsampled first and the detector runs without its own upsampling (the face is a third of the crop);
 - video items (self / cross reenactment): driven by the driving clip's stored expressions, EG3D cameras
   and fitted pose (the torso keypoints) — what `r3p animate --video` does after fitting the video;
 - audio items: A2M on the clip's stored audio features (log-mel or HuBERT, as the A2M run was trained,
@@ -32,7 +33,7 @@ from pipeline.animate import A2MModel, AnimateError, Animator, find_stage_checkp
 from pipeline.render_head import Motion
 
 FPS = 25.0
-MIN_SOURCE = 256  # source crops smaller than this are upsampled before detection
+MIN_SOURCE = 320  # source crops smaller than this are upsampled before detection (face ≈ 1/3 of the crop ≈ 107 px)
 
 
 class AnimateGenerator:
@@ -47,6 +48,10 @@ class AnimateGenerator:
         if not Path(model).exists():
             raise GeneratorNotAvailable(f"--model {model!r}: not a baseline ({'|'.join(BASELINES)}) and no such "
                                         "folder; give the runs folder of `r3p train` (or a run folder)")
+        # a dataset crop's face spans about a third of it (≥ 107 px once upsampled to MIN_SOURCE): the detector
+        # needs no image upsampling, which on such large faces lowers dlib's scores below its threshold
+        cfg = cfg.model_copy(deep=True)
+        cfg.landmarks.upsample = 0
         try:
             self.anim = Animator.load(model, cfg, need_a2m=False, face_model=face_model, device=device)
         except AnimateError as exc:
