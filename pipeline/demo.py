@@ -280,9 +280,7 @@ def head_demo(cfg: R3PConfig, views: Path, dataset: Path, corpus: Path, out_dir:
     import cv2
 
     from pipeline import shards
-    from pipeline.preprocess import ensure_ray
     from pipeline.render_head import HeadAnimator
-    from pipeline.train import run_train
     from preprocessing.video import encode_mp4
 
     layout = shards.open_dataset(str(dataset))
@@ -296,18 +294,7 @@ def head_demo(cfg: R3PConfig, views: Path, dataset: Path, corpus: Path, out_dir:
     extra["i2p"] = {"steps": 150, "batch_size": 4, **extra.get("i2p", {})}
     extra["motion"] = {"steps": 150, "batch_size": 4, "i2p": str(Path(views).resolve().parent / "runs" / "demo-i2p"),
                        **extra.get("motion", {})}
-    lines: list[str] = []
-    started = ensure_ray(num_cpus=2)
-    try:
-        i2p = run_train("i2p", str(views), "demo-i2p", tcfg, say=lines.append)
-        motion = run_train("motion", str(dataset), "demo-motion", tcfg, say=lines.append)
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
-    with open(out_dir / "training.log", "a") as fh:
-        fh.write("\n".join(lines) + "\n")
+    i2p, motion = _train_stages(tcfg, [("i2p", views, "demo-i2p"), ("motion", dataset, "demo-motion")], out_dir)
 
     clips = sorted(corpus.glob("*/clip*.mp4"))
     source_clip, driving = clips[0], (clips[1] if len(clips) > 1 else clips[0])
@@ -350,6 +337,26 @@ def head_demo(cfg: R3PConfig, views: Path, dataset: Path, corpus: Path, out_dir:
             "head_driving_which": which, "head_frames": len(mot), "head_seconds": round(seconds, 2)}
 
 
+def _train_stages(tcfg: R3PConfig, jobs: list[tuple[str, Path, str]], out_dir: Path) -> list[dict]:
+    """`r3p train` each (stage, data, run) in order on a local Ray (started and stopped here when none runs);
+    their progress lines are appended to out_dir/training.log. Returns the runs' summaries."""
+    from pipeline.preprocess import ensure_ray
+    from pipeline.train import run_train
+
+    lines: list[str] = []
+    started = ensure_ray(num_cpus=2)
+    try:
+        out = [run_train(stage, str(data), run, tcfg, say=lines.append) for stage, data, run in jobs]
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    with open(out_dir / "training.log", "a") as fh:
+        fh.write("\n".join(lines) + "\n")
+    return out
+
+
 def animate_demo(cfg: R3PConfig, dataset: Path, photo: Path, driving: Path, out_dir: Path) -> dict:
     """`r3p train --stage htbsr` (tiny, over the demo motion run's frozen head), then `r3p animate`: the demo
     photo driven by the driving clip's *audio* through the demo A2M → animate.mp4 (composited by the htbsr run
@@ -357,8 +364,6 @@ def animate_demo(cfg: R3PConfig, dataset: Path, photo: Path, driving: Path, out_
     import cv2
 
     from pipeline.animate import animate
-    from pipeline.preprocess import ensure_ray
-    from pipeline.train import run_train
 
     runs = Path(dataset).resolve() / "runs"
     tcfg = cfg.model_copy(deep=True)
@@ -367,17 +372,7 @@ def animate_demo(cfg: R3PConfig, dataset: Path, photo: Path, driving: Path, out_
     t.split = "all"
     t.model_extra["htbsr"] = {"steps": 150, "batch_size": 4, "motion": str(runs / "demo-motion"),
                               **t.model_extra.get("htbsr", {})}
-    lines: list[str] = []
-    started = ensure_ray(num_cpus=2)
-    try:
-        htbsr = run_train("htbsr", str(dataset), "demo-htbsr", tcfg, say=lines.append)
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
-    with open(out_dir / "training.log", "a") as fh:
-        fh.write("\n".join(lines) + "\n")
+    (htbsr,) = _train_stages(tcfg, [("htbsr", dataset, "demo-htbsr")], out_dir)
     out = out_dir / "animate.mp4"
     s = animate(str(runs), str(photo), str(out), audio=str(driving), cfg=cfg, a2m="demo-a2m", head="demo-motion",
                 max_frames=50, progress=lambda *_: None)
