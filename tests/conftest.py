@@ -8,6 +8,17 @@ import pytest
 import preprocessing  # noqa: F401  (first: numba compiles into r3p's cache folder, never into site-packages)
 
 
+def pytest_configure(config):
+    """Compile (or load) the data path's numba functions once, in a child process, before any test runs:
+    with `pytest -n N` the N worker processes then load the cache instead of compiling into it at the
+    same time (concurrent first compilation is how a cache entry went bad once; see pipeline.jit_cache)."""
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller has warmed the cache already
+        return
+    from pipeline.jit_cache import check_and_warm
+
+    check_and_warm()
+
+
 def grid_model_arrays(n: int = 10, seed: int = 0) -> dict[str, np.ndarray]:
     """An n×n planar grid in z = 0 (x, y in [-1, 1]) as BFM_model_front arrays (1-based indices).
 
