@@ -37,6 +37,7 @@ from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from pipeline import manifest as mf
 from pipeline import schema, shards, storage
@@ -68,16 +69,32 @@ def pipeline_version() -> str:
         return "r3p (unpackaged)"
 
 
+#: config sections that never change what preprocessing writes (the later jobs' settings)
+NON_DATA_SECTIONS = ("preset", "home", "demo", "training", "evaluate", "retrain")
+
+
+def _data_settings(data: dict[str, Any]) -> dict[str, Any]:
+    data = {k: v for k, v in data.items() if k not in NON_DATA_SECTIONS}
+    if isinstance(data.get("preprocess"), dict):
+        data["preprocess"] = {k: v for k, v in data["preprocess"].items() if k not in EXECUTION_KEYS}
+    return data
+
+
+def _hash(data: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def config_fingerprint(cfg: R3PConfig) -> tuple[str, dict[str, Any]]:
     """(16-hex hash, the settings hashed): everything that changes the output; not paths of
-    R3P_HOME, demo settings or execution resources."""
-    data = cfg.model_dump(mode="json")
-    for key in ("preset", "home", "demo"):
-        data.pop(key, None)
-    for key in EXECUTION_KEYS:
-        data.get("preprocess", {}).pop(key, None)
-    text = json.dumps(data, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16], data
+    R3P_HOME, demo settings, execution resources, or the training/evaluation/retrain sections."""
+    data = _data_settings(cfg.model_dump(mode="json"))
+    return _hash(data), data
+
+
+def version_config_hash(run: dict[str, Any]) -> str:
+    """The config hash of a version's run.json as this r3p computes it (recomputed from the stored settings, so
+    versions written when the hash also covered later jobs' sections still match an unchanged config)."""
+    return _hash(_data_settings(run["config"])) if isinstance(run.get("config"), dict) else run.get("config_hash", "")
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -93,8 +110,8 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _describe_changes(run: dict[str, Any], cfg_hash: str, cfg_data: dict, fingerprint: str,
                       old_ids: set[str], new_ids: set[str], layout: shards.Layout) -> str:
     lines = []
-    if run["config_hash"] != cfg_hash:
-        a, b = _flat(run.get("config", {})), _flat(cfg_data)
+    if version_config_hash(run) != cfg_hash:
+        a, b = _flat(_data_settings(run.get("config", {}))), _flat(cfg_data)
         keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:8]) + (" …" if len(keys) > 8 else "")
         lines.append(f"the config changed ({shown})")
@@ -123,7 +140,7 @@ def _select_version(fs, root: str, clips: list[mf.Clip], cfg_hash: str, cfg_data
         shards.check_schema_version(layout, run)
     except shards.SchemaVersionError as exc:
         raise PreprocessConflict(str(exc)) from None
-    if run["config_hash"] == cfg_hash and run["input_fingerprint"] == fingerprint:
+    if version_config_hash(run) == cfg_hash and run["input_fingerprint"] == fingerprint:
         return layout, False
     old = mf.clips_from_table(_read_manifest(layout))
     raise PreprocessConflict(_describe_changes(run, cfg_hash, cfg_data, fingerprint, {c.clip_id for c in old},
@@ -288,15 +305,44 @@ def _shard_stats(shard: _Shard, clips: pa.Table, run: dict[str, Any], retried: b
             "retried_failed": retried, "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
+def _reusable(reuse: str, clips: list[mf.Clip], cfg_hash: str) -> tuple[shards.Layout | None, dict[str, str], str]:
+    """(layout, {clip_id: shard_id}, note) of the clips whose ok rows a previous version `reuse` can give: same
+    preprocessing config, same clip id, and the same source file (size and modification time) as listed then."""
+    try:
+        old = shards.open_dataset(reuse)
+    except (FileNotFoundError, shards.SchemaVersionError) as exc:
+        return None, {}, f"nothing reused from {reuse}: {exc}"
+    run = shards.read_json(old.fs, old.run_path)
+    if version_config_hash(run) != cfg_hash:
+        return None, {}, f"nothing reused from {old.uri}: it was made with another preprocessing config"
+    listed = {c.clip_id: (c.size_bytes, c.mtime_ns) for c in mf.clips_from_table(_read_manifest(old))}
+    rows = shards.read_table(old, "clips", ["clip_id", "status"]).to_pylist()
+    ok = {r["clip_id"] for r in rows if r["status"] == schema.STATUS_OK}
+    where: dict[str, str] = {}
+    for sid in shards.published(old):
+        for cid in pq.read_table(old.shard_path("clips", sid), filesystem=old.fs, columns=["clip_id"])[
+                "clip_id"].to_pylist():
+            where[cid] = sid
+    out = {c.clip_id: where[c.clip_id] for c in clips
+           if c.clip_id in ok and c.clip_id in where and listed.get(c.clip_id) == (c.size_bytes, c.mtime_ns)}
+    return old, out, f"{len(out)} clip(s) reused from {old.uri}"
+
+
 def run_preprocess(input_location: str, output_location: str, cfg: R3PConfig, *, address: str | None = None,
                    retry_failed: bool = False, force: bool = False, factory: str = DEFAULT_FACTORY,
-                   progress: Callable[[str], None] | None = print, num_cpus: int | None = None) -> dict[str, Any]:
-    """Run the whole job; returns the run summary (also written to OUTPUT/vNNN/summary.json)."""
+                   progress: Callable[[str], None] | None = print, num_cpus: int | None = None,
+                   clips: list[mf.Clip] | None = None, reuse: str | None = None) -> dict[str, Any]:
+    """Run the whole job; returns the run summary (also written to OUTPUT/vNNN/summary.json).
+
+    `clips`: the manifest made by the caller (then `input_location` only names the input); `reuse`: a previous
+    version folder whose ok rows are copied, by `clip_id`, for the clips it already processed from the same
+    files with the same config (a new version that adds data processes only the new clips)."""
     say = progress or (lambda s: None)
     t_start = time.perf_counter()
     p = cfg.preprocess
     fs, root = storage.resolve(output_location)
-    clips = mf.build_manifest(input_location, p, _probe_cache(fs, root))
+    if clips is None:
+        clips = mf.build_manifest(input_location, p, _probe_cache(fs, root))
     cfg_hash, cfg_data = config_fingerprint(cfg)
     fingerprint = mf.input_fingerprint(clips)
     layout, is_new = _select_version(fs, root, clips, cfg_hash, cfg_data, fingerprint, force)
@@ -339,6 +385,26 @@ def run_preprocess(input_location: str, output_location: str, cfg: R3PConfig, *,
             todo += [c for c in members if c.clip_id in failed]
     n_shards = len(by_shard)
     skipped_shards = n_shards - len(pending)
+    reused_now = 0
+    if reuse and todo:
+        old, found, note = _reusable(reuse, todo, cfg_hash)
+        say(f"r3p preprocess: {note}")
+        by_old: dict[str, list[str]] = defaultdict(list)
+        for cid, sid in found.items():
+            by_old[sid].append(cid)
+        shard_of = {c.clip_id: c.shard_id for c in todo}
+        for sid, cids in sorted(by_old.items()):
+            old_clips, old_frames = shards.read_shard(old, sid)
+            ids = old_clips["clip_id"].to_pylist()
+            for cid in cids:
+                i = ids.index(cid)
+                pending[shard_of[cid]].add(cid, old_clips.slice(i, 1),
+                                           old_frames.filter(pc.equal(old_frames["clip_id"], cid)), {})
+        todo = [c for c in todo if c.clip_id not in found]
+        reused_now = len(found)
+        for sid in [s for s, sh in pending.items() if sh.complete]:  # shards made only of reused clips
+            skipped_shards += 1
+            _publish(pending.pop(sid), layout, run, retry_failed, say, skipped_shards, n_shards)
     say(f"r3p preprocess: {len(clips)} clips in {n_shards} shards -> {layout.uri}"
         f" ({'new version' if is_new else 'resuming'}; {skipped_shards} shard(s) already published, "
         f"{len(todo)} clip(s) to process)")
@@ -368,6 +434,7 @@ def run_preprocess(input_location: str, output_location: str, cfg: R3PConfig, *,
 
                 ray.shutdown()
     summary = summarize(layout, time.perf_counter() - t_start, published_now, skipped_shards, workers)
+    summary["reused_clips"] = reused_now
     shards.write_json(fs, layout.summary_path, summary)
     say(format_summary(summary))
     return summary

@@ -327,3 +327,37 @@ def test_a_version_1_dataset_is_refused_with_the_way_to_a_current_one(ray_addres
         run_preprocess(str(root), str(out), cfg, factory=FAKE)
     s = run_preprocess(str(root), str(out), cfg, factory=FAKE, force=True)
     assert s["complete"] and s["version"] == 2 and shards.open_dataset(str(out)).version == 2
+
+
+def test_a_new_version_reuses_the_previous_versions_rows_by_clip_id(ray_address, tmp_path, capsys):
+    """What `r3p retrain` does with new data: v2 = v1's clips + new ones; v1's ok rows are copied (not
+    recomputed: their timings are v1's to the last digit), only the new and the failed clips are processed."""
+    from pipeline import manifest as mf
+
+    root = _small_corpus(tmp_path / "c")
+    (root / "v1.csv").write_text("path\na/one.mp4\na/two.mp4\nb/three.mp4\nb/late.mp4\n")  # late.mp4: missing
+    out = tmp_path / "out"
+    cfg = load_config("tiny", overrides=FAKE_SET)
+    s1 = run_preprocess(str(root / "v1.csv"), str(out), cfg, factory=FAKE)
+    assert (s1["ok"], s1["failed"]) == (3, 1)
+    _small_corpus(root, ["b/late.mp4"])
+    (root / "v2.csv").write_text("path\na/one.mp4\na/two.mp4\nb/three.mp4\nb/late.mp4\nb/four.mp4\n")
+    clips = mf.assign_shards(mf.build_manifest(str(root / "v2.csv"), cfg.preprocess), cfg.preprocess.shard_size)
+    capsys.readouterr()
+    s2 = run_preprocess("v1 + b/four.mp4", str(out), cfg, factory=FAKE, clips=clips, reuse=str(out / "v001"),
+                        force=True)
+    assert s2["version"] == 2 and (s2["ok"], s2["failed"]) == (5, 0) and s2["reused_clips"] == 3
+    assert "3 clip(s) reused from" in capsys.readouterr().out
+    v1 = {r["clip_id"]: r for r in shards.read_table(shards.open_dataset(str(out / "v001")), "clips").to_pylist()}
+    v2 = {r["clip_id"]: r for r in shards.read_table(shards.open_dataset(str(out)), "clips").to_pylist()}
+    reused = [c for c, r in v1.items() if r["status"] == "ok"]
+    assert len(reused) == 3 and all(v2[c]["timings"] == v1[c]["timings"] for c in reused)
+    h1, h2 = dataset_hashes(out / "v001"), dataset_hashes(out)
+    assert all(h2[c] == h1[c] for c in reused)  # rows and frames identical
+    late = next(c for c, r in v2.items() if r["rel_path"] == "b/late.mp4")
+    assert v1[late]["status"] == "failed" and v2[late]["status"] == "ok"  # a failed row is processed again
+    # another preprocessing config reuses nothing (and says so)
+    other = load_config("tiny", overrides=FAKE_SET + ["preprocess.shard_size=3"])
+    s3 = run_preprocess("other config", str(out), other, factory=FAKE, reuse=str(out / "v002"), force=True,
+                        clips=mf.assign_shards(mf.build_manifest(str(root / "v2.csv"), other.preprocess), 3))
+    assert s3["reused_clips"] == 0 and "another preprocessing config" in capsys.readouterr().out
