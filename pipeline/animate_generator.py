@@ -42,9 +42,6 @@ class AnimateGenerator:
     def __init__(self, model: str, cfg: Any, *, face_model: Any = None, device: str | None = None,
                  chunk: int = 16) -> None:
         self.name, self.chunk = model, chunk
-        if model == "champion":
-            raise GeneratorNotAvailable("--model champion: the model registry (the champion alias) is not built yet; "
-                                        "give the runs folder of `r3p train` (or a run folder)")
         if not Path(model).exists():
             raise GeneratorNotAvailable(f"--model {model!r}: not a baseline ({'|'.join(BASELINES)}) and no such "
                                         "folder; give the runs folder of `r3p train` (or a run folder)")

@@ -204,6 +204,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"{ev['total_seconds']:.0f} s; {ev['seconds_per_item'] or 0:.1f} s per item):")
     print(meta["evaluation_table"])
     print(f"evaluation report: {meta['evaluation_report']}")
+    print(f"r3p retrain on a second synthetic batch (ROOT {meta['retrain_root']}; log {meta['retrain_log']}):")
+    print(meta["retrain_decision"])
+    print("r3p models:")
+    print(meta["models_text"])
     return 0
 
 
@@ -292,9 +296,28 @@ def cmd_render_head(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry_uri(args: argparse.Namespace, cfg) -> str:
+    """The tracking store of --tracking-uri, else of --root (sqlite:///ROOT/mlflow.db), else training.tracking_uri."""
+    from pipeline.tracking import default_tracking_uri
+
+    uri = getattr(args, "tracking_uri", None) or (default_tracking_uri(args.root) if getattr(args, "root", None)
+                                                   else cfg.training.tracking_uri)
+    if not uri:
+        raise ConfigError("say which model registry: --root ROOT (its sqlite:///ROOT/mlflow.db) or --tracking-uri URI")
+    return uri
+
+
 def cmd_animate(args: argparse.Namespace) -> int:
     from pipeline.animate import AnimateError, animate, format_summary
+    from pipeline.lifecycle.registry import ModelRegistry, RegistryError
 
+    if args.model == "champion":
+        try:
+            args.model = str(ModelRegistry(_registry_uri(args, _cfg(args))).materialise_alias("champion"))
+        except RegistryError as exc:
+            print(f"r3p animate: error: --model champion: {exc}", file=sys.stderr)
+            return 2
+        print(f"r3p animate: champion = {args.model}")
     try:
         summary = animate(args.model, args.source, args.out, audio=args.audio, video=args.video, bg=args.bg,
                           cfg=_cfg(args), a2m=args.a2m, head=args.head, htbsr=args.htbsr, mouth_amp=args.mouth_amp,
@@ -304,6 +327,45 @@ def cmd_animate(args: argparse.Namespace) -> int:
         print(f"r3p animate: error: {exc}", file=sys.stderr)
         return 2
     print(format_summary(summary))
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from pipeline.lifecycle.gate import GateError
+    from pipeline.lifecycle.lock import LockHeld
+    from pipeline.lifecycle.registry import RegistryError
+    from pipeline.lifecycle.retrain import RetrainError, run_retrain
+    from pipeline.preprocess import PreprocessError
+    from pipeline.train import TrainError
+
+    try:
+        rec = run_retrain(args.new, args.root, _cfg(args), stages=args.stages, gate=args.gate,
+                          tracking_uri=args.tracking_uri, address=args.address, batch=args.batch)
+    except LockHeld as exc:
+        print(f"r3p retrain: refused: {exc}", file=sys.stderr)
+        return 3
+    except (RetrainError, GateError, RegistryError, TrainError, PreprocessError) as exc:
+        print(f"r3p retrain: error: {exc}", file=sys.stderr)
+        return 2
+    return 0 if rec["decision"] == "promoted" else 1
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from pipeline.lifecycle.models import describe, format_models, set_alias
+    from pipeline.lifecycle.registry import RegistryError
+
+    uri = _registry_uri(args, _cfg(args))
+    try:
+        if args.models_command == "set-alias":
+            out = set_alias(uri, args.alias, args.versions, latest=args.latest, root=args.root, note=args.note)
+            print(f"r3p models: {args.alias} -> " + ", ".join(f"{s} v{v}" for s, v in sorted(out["versions"].items()))
+                  + (f" (record {out['record_path']})" if out.get("record_path") else ""))
+            return 0
+        info = describe(uri, args.root)
+    except RegistryError as exc:
+        print(f"r3p models: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(info, indent=2, default=str) if args.json else format_models(info))
     return 0
 
 
@@ -497,7 +559,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, metavar="PX", help="output side in pixels (even; default: the crop size)")
     p.add_argument("--chunk", type=int, default=16, help="frames rendered at a time")
     p.add_argument("--out", required=True, metavar="OUT.mp4", help="output video")
+    p.add_argument("--tracking-uri", help="model registry for --model champion (default training.tracking_uri)")
+    p.add_argument("--root", help="retrain ROOT whose registry (sqlite:///ROOT/mlflow.db) --model champion reads")
     p.set_defaults(func=cmd_animate)
+
+    p = sub.add_parser("retrain", parents=[cfgp], help="new data -> fine-tune from the champion -> evaluate -> gate",
+                       description="Fold new videos into a new dataset version under ROOT (earlier clips reused), "
+                                   "fine-tune each stage from the champion, evaluate challenger and champion on "
+                                   "the same test clips, and move the champion alias only when the gate passes. "
+                                   "Resumable (the same command continues), one at a time per ROOT (lock file). "
+                                   "Exit status: 0 promoted, 1 rejected, 2 error, 3 another retrain runs.")
+    p.add_argument("--new", required=True, metavar="INPUT", help="the new videos: folder or manifest file")
+    p.add_argument("--root", required=True, metavar="ROOT", help="the dataset root (versions vNNN, runs/, "
+                                                                 "mlflow.db, decisions/)")
+    p.add_argument("--stages", help="comma-separated stages to fine-tune (default retrain.stages: a2m,motion,htbsr)")
+    p.add_argument("--gate", metavar="FILE", help="gate YAML (default retrain.gate, else the built-in gate)")
+    p.add_argument("--tracking-uri", help="MLflow tracking + registry (default sqlite:///ROOT/mlflow.db)")
+    p.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--batch", help="name of the new batch (its clips' path prefix; default batch-<hash>)")
+    p.set_defaults(func=cmd_retrain)
+
+    p = sub.add_parser("models", parents=[cfgp], help="the model registry: versions, aliases, decisions",
+                       description="List each stage's registered versions with their aliases (champion, previous, "
+                                   "rejected), runs, dataset versions and the retrain decisions; or set an alias.")
+    p.add_argument("--root", help="retrain ROOT (registry sqlite:///ROOT/mlflow.db, decisions in ROOT/decisions)")
+    p.add_argument("--tracking-uri", help="MLflow tracking + registry URI (overrides --root's)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_models, models_command=None)
+    msub = p.add_subparsers(dest="models_command", metavar="ACTION")
+    a = msub.add_parser("set-alias", help="point an alias at versions (bootstrap a champion, roll back)",
+                        description="Point ALIAS at the given versions (STAGE=VERSION …) or, with --latest, at the "
+                                    "latest version of every stage; recorded like a retrain decision.")
+    a.add_argument("alias", choices=["champion", "previous", "rejected"])
+    a.add_argument("versions", nargs="*", metavar="STAGE=VERSION")
+    a.add_argument("--latest", action="store_true", help="the latest registered version of every stage")
+    a.add_argument("--note", default="", help="why (kept in the record)")
+    a.add_argument("--root", default=argparse.SUPPRESS, help="as for `r3p models`")
+    a.add_argument("--tracking-uri", default=argparse.SUPPRESS, help="as for `r3p models`")
     return parser
 
 

@@ -280,6 +280,21 @@ class EvaluateConfig(_Section):
                                    "run name (under the runs folder) or checkpoint folder")
 
 
+class RetrainConfig(_Section):
+    """`r3p retrain`: which stages are fine-tuned from the champion, how, and how the challenger is evaluated."""
+
+    stages: str = Field("a2m,motion,htbsr", description="comma-separated stages fine-tuned from the champion, in "
+                        "dependency order")
+    fine_tune: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per stage, training keys for the fine-tune (e.g. {a2m: {steps: 2000, "
+        "lr: 1e-4}}); unset keys keep the training config's values")
+    gate: str | None = Field(None, description="gate YAML (default: the built-in gate of pipeline.lifecycle.gate)")
+    protocols: str = Field("self,audio", description="evaluation protocols of challenger and champion")
+    limit: int | None = Field(None, ge=1, description="evaluate only the first N test clips (sorted by id)")
+    stale_lock_s: float = Field(6 * 3600.0, gt=0, description="a lock older than this, or whose process is gone "
+                                "on this host, is stale and taken over")
+
+
 class R3PConfig(_Section):
     """The whole configuration."""
 
@@ -302,6 +317,7 @@ class R3PConfig(_Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     triplane: TriplaneConfig = Field(default_factory=TriplaneConfig)
     multiview: MultiviewConfig = Field(default_factory=MultiviewConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
 
     @field_validator("assets")
     @classmethod

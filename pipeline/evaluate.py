@@ -641,7 +641,18 @@ def run_evaluate(data: str, cfg: R3PConfig, *, models: list[str] | None = None, 
     t0 = time.perf_counter()
     ec = cfg.evaluate
     split = split or ec.split
-    keys = model_keys(list(dict.fromkeys([*(models or ec.models), *BASELINES])))
+    wanted = list(dict.fromkeys([*(models or ec.models), *BASELINES]))
+    if "champion" in wanted:  # the registry's champion, laid out as a runs folder named champion
+        from pipeline.lifecycle.registry import ModelRegistry, RegistryError
+        from pipeline.tracking import default_tracking_uri
+
+        uri = tracking_uri or ec.tracking_uri or default_tracking_uri(shards.open_dataset(data, check_schema=False).root)
+        try:
+            champ = str(ModelRegistry(uri).materialise_alias("champion"))
+        except RegistryError as exc:
+            raise EvaluateError(f"--model champion: {exc}") from None
+        wanted[wanted.index("champion")] = champ
+    keys = model_keys(wanted)
     names = list(keys)
     model_paths = {k: m for k, m in keys.items() if m not in BASELINES}
     # every model loads here first: an unknown name or an unusable runs folder fails before any work

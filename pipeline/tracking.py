@@ -28,10 +28,14 @@ def default_tracking_uri(root: str) -> str:
     return f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
 
 
-def _client(uri: str):
+def client(uri: str):
+    """An MlflowClient on `uri` (tracking and registry)."""
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(uri)
+
+
+_client = client
 
 
 def experiment_id(uri: str, name: str, artifact_root: str | None) -> str:
@@ -99,7 +103,8 @@ def finish_run(uri: str, run_id: str, stage: str, checkpoint_dir: str | None, su
             c.create_registered_model(name, description=f"r3p {stage} stage checkpoints (weights + config)")
         source = f"{c.get_run(run_id).info.artifact_uri}/model"
         mv = c.create_model_version(name, source=source, run_id=run_id,
-                                    tags={"r3p.step": str(summary.get("steps", ""))})
+                                    tags={"r3p.step": str(summary.get("steps", "")), "r3p.checkpoint": str(checkpoint_dir),
+                                          "r3p.run": str(summary.get("run", ""))})
         out = {"registered_model": name, "model_version": mv.version}
     c.log_dict(run_id, {**summary, **out}, "summary.json")
     c.set_terminated(run_id, status=status)

@@ -70,6 +70,21 @@ def test_demo_writes_contact_sheet_marked_synthetic(tmp_path, capsys):
     assert "htbsr" in ev["model_identity"]["model"] and meta["evaluation_report"] in printed
     psnr = [r for r in ev["table"] if r["protocol"] == "self" and r["metric"] == "PSNR"][0]["values"]
     assert psnr["model"] is not None and psnr["model"] < psnr["ground_truth"]
+    # the lifecycle: the demo's runs became the first champion, then r3p retrain on a second batch
+    rec = meta["retrain"]
+    assert rec["dataset"]["version"] == 2 and rec["dataset"]["new_clips"] == 2
+    assert rec["dataset"]["reused_clips"] == n_good  # the first version's ok clips were copied, not redone
+    assert rec["test_clips"] >= 1 and set(rec["new_versions"]) == {"a2m", "motion", "htbsr"}
+    assert rec["champion_before"] and set(rec["challenger"]) == set(rec["champion_before"])
+    passed = all(o["passed"] for o in rec["outcomes"])
+    assert rec["decision"] == ("promoted" if passed else "rejected") and bool(rec["reasons"]) != passed
+    assert rec["champion_after"] == (rec["challenger"] if passed else rec["champion_before"])
+    by_version = {r["version"]: r for r in meta["models"]["stages"]["motion"]}
+    assert "champion" in by_version[rec["champion_after"]["motion"]]["aliases"]
+    assert by_version[rec["new_versions"]["motion"]]["decision"] == rec["decision"]
+    psnr = next(m for m in rec["metrics"] if m["protocol"] == "self" and m["metric"] == "PSNR")
+    assert psnr["challenger"] is not None and psnr["champion"] is not None
+    assert rec["record_path"] in printed and "r3p models:" in printed and Path(rec["record_path"]).is_file()
 
 
 def _eye_box_pixels(face3d, exp, size):

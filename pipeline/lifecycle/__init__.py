@@ -1,0 +1,1 @@
+"""The model lifecycle: the registry (aliases), the promotion gate and `r3p retrain`."""
