@@ -449,6 +449,19 @@ class Animator:
         except RenderHeadError as exc:
             raise AnimateError(str(exc)) from None
 
+    def with_pose(self, motion: Motion, pose_video: str | os.PathLike, layers: SourceLayers) -> Motion:
+        """`motion` with the head pose of `pose_video` (fitted like a driving video), aligned so that its first
+        frame is the source's pose (`align_pose`); its expressions are kept."""
+        if layers.euler is None or layers.trans is None:
+            raise AnimateError("--pose: the source's fitted pose is unknown (a source cache without it?); run "
+                               "without a source cache")
+        try:
+            pm = self.head.drive_video(pose_video, len(motion))
+        except RenderHeadError as exc:
+            raise AnimateError(str(exc).replace("--video", "--pose")) from None
+        euler, trans, cams = align_pose(layers.euler, layers.trans, pm.euler, pm.trans, len(motion))
+        return dataclasses.replace(motion, cams=cams, euler=euler, trans=trans)
+
     def iter_frames(self, src: Source, layers: SourceLayers, motion: Motion, background: np.ndarray | None = None,
                     chunk: int = 16, compositor: Callable[..., np.ndarray] | None = None) -> Iterator[dict[str, Any]]:
         """Per chunk: "frames" (n, H, W, 3) uint8 composites, "opacity" (n, r, r), "start", and per-part
@@ -495,9 +508,26 @@ def _progress(stream) -> Callable[[int, int, float], None]:
     return say
 
 
+def align_pose(src_euler: np.ndarray, src_trans: np.ndarray, euler: np.ndarray, trans: np.ndarray,
+               n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(euler (n, 3), trans (n, 3), EG3D cameras (n, 25)) of a pose sequence moved so its first frame is the source's
+    pose: euler_t = src + (euler_t − euler_0) (angles added: exact for one axis, close for the few-degree
+    turns of a talking head), the same for trans; a pose sequence shorter than n holds its last pose."""
+    from preprocessing.fitting import eg3d_camera
+
+    euler, trans = np.asarray(euler, np.float64), np.asarray(trans, np.float64)
+    if len(euler) == 0:
+        raise AnimateError("--pose: the pose video gave no frames")
+    idx = np.minimum(np.arange(n), len(euler) - 1)
+    e = np.asarray(src_euler, np.float64)[None] + euler[idx] - euler[0]
+    t = np.asarray(src_trans, np.float64)[None] + trans[idx] - trans[0]
+    return e.astype(np.float32), t.astype(np.float32), eg3d_camera(e, t).astype(np.float32)
+
+
 def animate(model: str | os.PathLike | Animator | None, source: str | os.PathLike, out: str | os.PathLike, *,
             audio: str | os.PathLike | None = None, video: str | os.PathLike | None = None,
-            bg: str | os.PathLike | None = None, cfg: Any = None, a2m: str | None = None, head: str | None = None,
+            bg: str | os.PathLike | None = None, pose: str | os.PathLike | None = None, cfg: Any = None,
+            a2m: str | None = None, head: str | None = None,
             htbsr: str | None = "auto",
             mouth_amp: float | None = None, temperature: float | None = 0.2, blink: str = "none",
             max_frames: int | None = None, size: int | None = None, chunk: int = 16, seed: int = 0,
@@ -531,6 +561,8 @@ def animate(model: str | os.PathLike | Animator | None, source: str | os.PathLik
         wav, t = read_driving_audio(audio, max_frames)
     elif not Path(video).is_file():
         raise AnimateError(f"--video {video}: no such file; give a video of one talking face")
+    if pose is not None and not Path(pose).is_file():
+        raise AnimateError(f"--pose {pose}: no such file; give a video of one face whose head motion to follow")
     t0 = time.perf_counter()
     anim = model if isinstance(model, Animator) else Animator.load(
         None if model is None else str(model), cfg, a2m=a2m, head=head, htbsr=htbsr, need_a2m=audio is not None,
@@ -544,6 +576,8 @@ def animate(model: str | os.PathLike | Animator | None, source: str | os.PathLik
         mot = anim.audio_motion(wav, t, mouth_amp=mouth_amp, temperature=temperature, blink=blink, seed=seed)
     else:
         mot = anim.video_motion(video, max_frames)
+    if pose is not None:
+        mot = anim.with_pose(mot, pose, layers)
     del wav
     out_size = int(size or layers.size)
     layers = layers.resized(out_size)

@@ -320,6 +320,7 @@ def cmd_animate(args: argparse.Namespace) -> int:
         print(f"r3p animate: champion = {args.model}")
     try:
         summary = animate(args.model, args.source, args.out, audio=args.audio, video=args.video, bg=args.bg,
+                          pose=args.pose,
                           cfg=_cfg(args), a2m=args.a2m, head=args.head, htbsr=args.htbsr, mouth_amp=args.mouth_amp,
                           temperature=args.temperature, blink=args.blink, max_frames=args.max_frames,
                           size=args.size, chunk=args.chunk, seed=args.seed)
@@ -537,10 +538,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and the background (its plate or --bg) and "
                                    "stream an H.264 mp4 at 25 fps with the audio muxed, at the source's crop size "
                                    "(tracking.crop_size) or --size.")
-    p.add_argument("--source", required=True, metavar="IMG", help="source photo (PNG/JPEG) of one face")
+    p.add_argument("--source", required=True, metavar="IMG_OR_MP4",
+                   help="source photo (PNG/JPEG) of one face, or a video (its first frame)")
     p.add_argument("--audio", metavar="WAV", help="driving speech (any file ffmpeg reads)")
     p.add_argument("--video", metavar="MP4", help="driving video (its expressions, pose and audio)")
     p.add_argument("--bg", metavar="IMG", help="background image (centre-cropped, resized; default: the source's plate)")
+    p.add_argument("--pose", metavar="MP4", help="head pose from this video (fitted; its first frame aligned to the "
+                                                 "source's pose; default: the driving video's pose, or the source's)")
     p.add_argument("--model", metavar="DIR", help="runs folder of `r3p train` (the latest finished run of each "
                                                   "stage is used) or one run/checkpoint folder "
                                                   "(default: training.storage_path)")

@@ -430,7 +430,7 @@ def retrain_demo(cfg: R3PConfig, model, dataset: Path, out_dir: Path) -> dict:
     t = rcfg.training
     t.size, t.val_split, t.checkpoint_every, t.cpus_per_worker = "tiny", "none", 500, 0.5
     t.split = "all"  # the demo's few speakers: train on every ok clip (the gate still compares on test only)
-    fine = {"steps": 40, "batch_size": 4}
+    fine = {"steps": 20, "batch_size": 4}
     rcfg.retrain.fine_tune = {s: {**fine, **rcfg.retrain.fine_tune.get(s, {})} for s in ("a2m", "motion", "htbsr")}
     lines: list[str] = []
     rec = run_retrain(str(batch), root, rcfg, batch="batch2", say=lines.append)

@@ -642,6 +642,17 @@ def run_evaluate(data: str, cfg: R3PConfig, *, models: list[str] | None = None, 
     ec = cfg.evaluate
     split = split or ec.split
     wanted = list(dict.fromkeys([*(models or ec.models), *BASELINES]))
+    has_champion = any(m == "champion" or (m not in BASELINES and Path(m).name == "champion") for m in wanted)
+    if ec.champion_baseline and not has_champion:  # the current champion joins the baselines when there is one
+        from pipeline.lifecycle.registry import ModelRegistry
+        from pipeline.tracking import default_tracking_uri
+
+        uri = tracking_uri or ec.tracking_uri or default_tracking_uri(shards.open_dataset(data, check_schema=False).root)
+        try:
+            if ModelRegistry(uri).by_alias("champion").get("motion"):
+                wanted.append("champion")
+        except Exception as exc:  # noqa: BLE001 - an unreadable registry only loses the champion column
+            say(f"r3p evaluate: no champion column ({exc})")
     if "champion" in wanted:  # the registry's champion, laid out as a runs folder named champion
         from pipeline.lifecycle.registry import ModelRegistry, RegistryError
         from pipeline.tracking import default_tracking_uri

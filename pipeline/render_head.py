@@ -81,17 +81,31 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
+
+
 def read_source_image(path: str | os.PathLike) -> tuple[np.ndarray, str]:
-    """RGB uint8 (H, W, 3) and the sha256 of the file; RenderHeadError for a missing or unreadable file."""
+    """RGB uint8 (H, W, 3) and the sha256 of the file — a photo, or the first frame of a video (by suffix);
+    RenderHeadError for a missing or unreadable file."""
     import cv2
 
     p = Path(path)
     if not p.is_file():
-        raise RenderHeadError(f"--source {path}: no such file; give the path of a photo (PNG or JPEG) of one face")
+        raise RenderHeadError(f"--source {path}: no such file; give the path of a photo (PNG or JPEG) or a video "
+                              "of one face")
     data = p.read_bytes()
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
-    if img is None:
-        raise RenderHeadError(f"--source {path}: not a readable image; give a PNG or JPEG photo of one face")
+    if p.suffix.lower() in VIDEO_SUFFIXES:
+        cap = cv2.VideoCapture(str(p))
+        ok, img = cap.read() if cap.isOpened() else (False, None)
+        cap.release()
+        if not ok or img is None:
+            raise RenderHeadError(f"--source {path}: no frame could be decoded from this video; give a PNG or JPEG "
+                                  "photo, or a readable video (its first frame is the source)")
+    else:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+        if img is None:
+            raise RenderHeadError(f"--source {path}: not a readable image; give a PNG or JPEG photo (or a video) "
+                                  "of one face")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB), _sha(data)
 
 

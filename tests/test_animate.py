@@ -357,3 +357,47 @@ def test_driving_keypoints_follow_the_3dmm_translation(world):
     focal, _ = intrinsics(crop)
     np.testing.assert_allclose(kp[:, 0] - layers.kp[:, 0], focal * d / z / crop, rtol=1e-3)
     np.testing.assert_allclose(kp[:, 1], layers.kp[:, 1], atol=1e-5)
+
+
+def test_align_pose_starts_at_the_source_pose_and_keeps_the_motion():
+    from pipeline.animate import align_pose
+    from preprocessing.fitting import eg3d_camera
+
+    rng = np.random.default_rng(0)
+    euler, trans = rng.normal(0, 0.1, (5, 3)), rng.normal(0, 0.2, (5, 3))
+    src_e, src_t = np.array([0.05, -0.1, 0.02]), np.array([0.1, 0.0, 0.3])
+    e, t, cams = align_pose(src_e, src_t, euler, trans, 8)
+    np.testing.assert_allclose(e[0], src_e, atol=1e-6)
+    np.testing.assert_allclose(t[0], src_t, atol=1e-6)
+    np.testing.assert_allclose(np.diff(e[:5], axis=0), np.diff(euler, axis=0), atol=1e-6)  # the same motion
+    np.testing.assert_allclose(e[5:], np.repeat(e[4:5], 3, axis=0))  # a shorter pose video holds its last pose
+    np.testing.assert_allclose(cams, eg3d_camera(e, t), atol=1e-5)
+    with pytest.raises(AnimateError, match="no frames"):
+        align_pose(src_e, src_t, np.zeros((0, 3)), np.zeros((0, 3)), 3)
+
+
+def test_pose_video_drives_the_head_pose_and_a_video_source_is_its_first_frame(world, tmp_path):
+    anim = world["anim"]
+    src, layers = anim.source(world["photo"])
+    vsrc, vlayers = anim.source(world["video"])  # a video as the source: its first frame, processed the same
+    np.testing.assert_array_equal(vlayers.torso, layers.torso)
+    np.testing.assert_array_equal(vsrc.crop, src.crop)
+    wav, t = read_driving_audio(_wav(tmp_path / "a.wav", 0.4), None)
+    mot = anim.audio_motion(wav, t)
+    assert mot.euler is None  # audio alone keeps the source's pose
+    posed = anim.with_pose(mot, world["video"], layers)
+    fitted = anim.head.drive_video(world["video"], t)
+    np.testing.assert_allclose(posed.euler[0], layers.euler, atol=1e-6)
+    np.testing.assert_allclose(np.diff(posed.euler, axis=0), np.diff(fitted.euler[:t], axis=0), atol=1e-5)
+    np.testing.assert_array_equal(posed.exp, mot.exp)  # the expressions stay the audio's
+    out = tmp_path / "posed.mp4"
+    s = animate(anim, world["video"], out, audio=_wav(tmp_path / "b.wav", 0.4), pose=world["video"],
+                progress=lambda *a: None)
+    assert s["frames"] == _decode(out).shape[0] > 0
+    with pytest.raises(AnimateError, match="--pose .*no such file"):
+        animate(anim, world["photo"], tmp_path / "x.mp4", audio=_wav(tmp_path / "c.wav", 0.4),
+                pose=tmp_path / "missing.mp4")
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    with pytest.raises(AnimateError, match="no frame could be decoded"):
+        animate(anim, bad, tmp_path / "y.mp4", audio=_wav(tmp_path / "d.wav", 0.4))

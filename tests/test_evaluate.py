@@ -22,6 +22,7 @@ from pipeline import shards
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.evaluate import EvaluateError, ItemScorer, _backend_paths, run_evaluate, single_pass
+from model_runs import random_runs
 
 EVAL_SET = ["evaluate.max_frames=10", "evaluate.actors=2", "evaluate.actor_num_cpus=0.5", "evaluate.strip_clips=2"]
 
@@ -307,38 +308,6 @@ def test_lse_runs_with_syncnet_v2_weights_on_the_source_waveform(dataset, tmp_pa
     assert _value(s, "audio", "LSE-D", "static") != _value(s, "audio", "LSE-D", "ground_truth")
 
 
-def _random_runs(root):
-    """A runs folder of random-init tiny checkpoints (motion at 32² heads, a2m on log-mel, htbsr over the motion)."""
-    import dataclasses
-
-    import torch
-
-    from preprocessing.synthetic_bfm import synthetic_face_model
-    from training import a2m, htbsr, motion
-    from training.checkpoint import save_checkpoint
-    from training.keypoints import KeypointBasis
-
-    def save(folder, net, meta):
-        opt = torch.optim.SGD(net.parameters(), lr=0.1)
-        save_checkpoint(folder, net, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), 0, meta)
-
-    torch.manual_seed(0)
-    small = dict(image_size=32, render_resolution=16, plane_resolution=32, samples_coarse=8, samples_fine=8,
-                 width=16, adapter_width=8)
-    runs = root / "runs"
-    pm = motion.STAGE.params("tiny", small)
-    save(runs / "motion-t" / "final", motion.build_motion_head(pm), {"stage": "motion", "params": dataclasses.asdict(pm)})
-    pa_ = a2m.A2MStage().params("tiny", {"w_sync": 0.0})
-    fm = synthetic_face_model(0, "bfm")
-    info = {"audio": "mel", "audio_dim": 80, "audio_mean": np.zeros(80, np.float32),
-            "audio_std": np.full(80, 3.0, np.float32), "keypoints": KeypointBasis.from_face_model(fm).to_dict()}
-    save(runs / "a2m-t" / "final", a2m.A2MStage().build(pa_, info),
-         {"stage": "a2m", "params": dataclasses.asdict(pa_), "info": {"audio": "mel", "audio_dim": 80}})
-    ph = htbsr.STAGE.params("tiny", {**small, "work_size": 32, "out_size": 64, "motion": str(runs / "motion-t")})
-    save(runs / "htbsr-t" / "final", htbsr.STAGE.build(ph, {}), {"stage": "htbsr", "params": dataclasses.asdict(ph)})
-    return runs
-
-
 def test_a_trained_model_is_evaluated_through_the_animate_pipeline(dataset, tmp_path):
     """`--model RUNS`: the animate pipeline generates beside the baselines; its table values are the metrics of
     the frames it generates (recomputed here), the video items are driven by the clip's stored expressions and
@@ -348,7 +317,7 @@ def test_a_trained_model_is_evaluated_through_the_animate_pipeline(dataset, tmp_
     from pipeline.animate_generator import AnimateGenerator
     from pipeline.evaluate import load_clip
 
-    runs = _random_runs(tmp_path)
+    runs = random_runs(tmp_path)
     cfg = load_config("tiny", overrides=[*EVAL_SET, "evaluate.max_frames=8", "tracking.crop_size=128"])
     s = run_evaluate(str(dataset), cfg, models=[str(runs)], protocols="self,audio", split="all", limit=2,
                      out=str(tmp_path / "ev"), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", use_ray=False,
@@ -384,3 +353,26 @@ def test_a_trained_model_is_evaluated_through_the_animate_pipeline(dataset, tmp_
     assert abs(table - psnr.compute()["PSNR"].value) < 1e-6 * max(1.0, abs(table)), (table, psnr.compute())
     assert _value(s, "audio", "CSIM-dlib", "model") is not None
 
+
+
+def test_the_registry_champion_joins_the_baselines_and_scores_like_the_same_model(dataset, tmp_path):
+    """With a `champion` alias in the registry, `r3p evaluate` adds it to the table by itself; the champion is
+    the runs' own checkpoints here, so its column equals the model's (same frames through the same pipeline)."""
+    from pipeline import tracking
+
+    runs = random_runs(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    for run in ("motion-t", "a2m-t", "htbsr-t"):
+        stage = run.split("-")[0]
+        rid, _ = tracking.open_run(uri, "r3p-train", run, str(tmp_path / "art"), params={}, config_yaml="{}",
+                                   tags={}, dataset={"uri": str(dataset), "name": "ev/v001", "digest": "d",
+                                                     "counts": {}})
+        tracking.finish_run(uri, rid, stage, str(runs / run / "final"), {"steps": 0, "run": run})
+    assert main(["models", "--tracking-uri", uri, "set-alias", "champion", "--latest"]) == 0
+    cfg = load_config("tiny", overrides=[*EVAL_SET, "evaluate.max_frames=8", "tracking.crop_size=128"])
+    s = run_evaluate(str(dataset), cfg, models=[str(runs)], protocols="self", split="all", limit=1,
+                     out=str(tmp_path / "ev"), tracking_uri=uri, use_ray=False, say=lambda _: None)
+    assert s["models"] == ["model", "static", "ground_truth", "champion"] and not s["failed"]
+    assert "motion-t" in s["model_identity"]["champion"]
+    for metric in ("PSNR", "SSIM", "CSIM-dlib"):
+        assert _value(s, "self", metric, "champion") == pytest.approx(_value(s, "self", metric, "model"), abs=1e-9)

@@ -90,6 +90,8 @@ def test_gate_files_are_validated_naming_the_key(tmp_path):
         load_gate(bad)
     with pytest.raises(GateError, match="no such file"):
         load_gate(tmp_path / "missing.yaml")
+    shipped = load_gate(Path(__file__).parents[1] / "infra" / "gate.yaml")  # the cluster's gate is a valid gate
+    assert shipped.min_test_clips == 20 and {r.metric for r in shipped.rules} >= {"CSIM-dlib", "FID-dlib"}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -238,24 +238,25 @@ def _train_step(stage: str, version_dir: str, rid: str, cfg: R3PConfig, champ: d
     from training.checkpoint import read_meta
     from training.registry import get_stage
 
-    keys: dict[str, Any] = dict(cfg.retrain.fine_tune.get(stage) or {})
+    # the champion's stage parameters (architecture, losses, its earlier-stage inputs: the checkpoint must load
+    # into the same network), then the training.<stage> keys the config sets, then retrain.fine_tune.<stage>
+    given = dict((cfg.training.model_extra or {}).get(stage) or {})
+    tuned = dict(cfg.retrain.fine_tune.get(stage) or {})
+    keys: dict[str, Any] = {}
     init = None
     if stage in champ and champ_dir is not None:
         init = str((champ_dir / champ[stage].run_name / "final").resolve())
-        # the champion's earlier-stage inputs (its syncnet, i2p, motion), unless retrained in this round
-        params = read_meta(init).get("params") or {}
-        st = get_stage(stage)
-        tc = cfg.training
-        for k in st.required_checkpoints(st.params(tc.size, (tc.model_extra or {}).get(stage))):
-            if params.get(k):
-                keys.setdefault(k, params[k])
-    if stage == "htbsr" and "motion" in trained:
+        fields = set(vars(get_stage(stage).params(cfg.training.size, None)))
+        keys = {k: v for k, v in (read_meta(init).get("params") or {}).items() if k in fields}
+    keys.update(given)
+    keys.update(tuned)
+    if stage == "htbsr" and "motion" in trained:  # over this round's motion run
         keys["motion"] = trained["motion"]
     run_name = f"{stage}-r{rid[:8]}"
     scfg = _with_stage_keys(cfg, stage, keys)
     say(f"r3p retrain {rid}: train:{stage}: run {run_name} on {version_dir}"
         + (f" from the champion {champ[stage].run_name} v{champ[stage].version}" if init else " from scratch")
-        + (f" ({', '.join(f'{k}={v}' for k, v in sorted(keys.items()))})" if keys else ""))
+        + (f" ({', '.join(f'{k}={v}' for k, v in sorted({**given, **tuned}.items()))})" if given or tuned else ""))
     s = run_train(stage, version_dir, run_name, scfg, address=address, from_checkpoint=init, tracking_uri=uri,
                   say=say)
     if not s.get("model_version"):
