@@ -15,9 +15,11 @@ Per evaluation item (`evaluation.generators.GenerationInput`):
 - the frames come out at the driving frames' size over the source's plate, with the htbsr compositor
   when the runs hold one over the motion run (`--htbsr auto`), else the static torso.
 
-The generated frames carry no geometry (`Generated.geometry = None`): AED/APD/LMD/Sync-lm need the frames
-re-fitted, and the job records them as not computed with that reason rather than trusting the driving
-geometry the model was asked to reproduce.
+The generated frames' geometry is measured, never assumed: `refit` runs the project's own tracker and 3DMM fit
+on them (as `r3p animate --video` fits a driving video: written to a temporary mp4, upsampled to 320² when
+smaller, landmarks mapped back to the frames' pixels), so AED/APD/LMD/Sync-lm compare what the model made with
+the driving clip. When no face is tracked in the generated frames, those metrics are recorded as not computed
+with that reason (`evaluate.refit: false` skips the re-fit, with its own reason).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from evaluation.generators import (BASELINES, GenerationInput, Generated, Generator, GeneratorNotAvailable,
-                                   load_generator)
+                                   Geometry, load_generator)
 from pipeline.animate import A2MModel, AnimateError, Animator, find_stage_checkpoints
 from pipeline.render_head import Motion
 
@@ -42,6 +44,8 @@ class AnimateGenerator:
     def __init__(self, model: str, cfg: Any, *, face_model: Any = None, device: str | None = None,
                  chunk: int = 16) -> None:
         self.name, self.chunk = model, chunk
+        self.refit_frames = bool(getattr(cfg.evaluate, "refit", True))
+        self.refit_error: str | None = None  # why the last item's frames have no geometry
         if not Path(model).exists():
             raise GeneratorNotAvailable(f"--model {model!r}: not a baseline ({'|'.join(BASELINES)}) and no such "
                                         "folder; give the runs folder of `r3p train` (or a run folder)")
@@ -105,8 +109,43 @@ class AnimateGenerator:
             raise ValueError(f"the source frame: {exc}") from None
         mot = self.motion(item)
         frames = np.concatenate([p["frames"] for p in self.anim.iter_frames(src, layers.resized(h), mot,
-                                                                            chunk=self.chunk)])
-        return Generated(frames[:t], None)
+                                                                            chunk=self.chunk)])[:t]
+        geometry = None
+        if self.refit_frames:
+            geometry, self.refit_error = self.refit(frames)
+        else:
+            self.refit_error = "evaluate.refit is off"
+        return Generated(frames, geometry)
+
+    def refit(self, frames: np.ndarray) -> tuple[Geometry | None, str | None]:
+        """(Geometry of `frames` (T, H, W, 3) uint8 by the project's tracker and fit, None) or (None, why)."""
+        import tempfile
+
+        import cv2
+
+        from pipeline.render_head import RenderHeadError
+        from preprocessing.video import encode_mp4
+
+        t, h, w = frames.shape[:3]
+        k = max(1.0, MIN_SOURCE / min(h, w))  # the detector needs ~80 px faces
+        up = frames if k == 1.0 else np.stack([cv2.resize(f, (round(w * k), round(h * k)),
+                                                          interpolation=cv2.INTER_CUBIC) for f in frames])
+        with tempfile.TemporaryDirectory(prefix="r3p-refit-") as d:
+            path = Path(d) / "generated.mp4"
+            encode_mp4(path, up, FPS, np.zeros(int(round(t / FPS * 16000)), np.float32), crf=12)
+            try:
+                mot = self.anim.head.drive_video(path, t)
+            except RenderHeadError as exc:
+                return None, f"no face tracked in the generated frames ({str(exc).split(': ', 1)[-1][:160]})"
+        track = mot.geometry.track
+        n = min(t, len(mot.exp))
+        lm = np.asarray(track.landmarks[:n], np.float64)
+        ok = np.isfinite(lm).all(axis=(1, 2))
+        if n < t or not ok.all():
+            return None, (f"the face was tracked in {int(ok.sum())} of {t} generated frames; geometry metrics need "
+                          "every scored frame")
+        return Geometry(lm * (np.array([w / up.shape[2], h / up.shape[1]])), np.asarray(mot.exp[:n], np.float64),
+                        np.asarray(mot.euler[:n], np.float64)), None
 
 
 def make_generator(name: str, cfg: Any, **kw: Any) -> Generator:

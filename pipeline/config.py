@@ -276,6 +276,8 @@ class EvaluateConfig(_Section):
     strip_frames: int = Field(4, ge=1, le=16, description="frames per strip")
     tracking_uri: str | None = Field(None, description="MLflow (default: sqlite:///<dataset root>/mlflow.db)")
     experiment: str = Field("r3p-evaluate", description="MLflow experiment")
+    refit: bool = Field(True, description="fit the trained models' generated frames with the project's tracker and "
+                        "3DMM fit, so AED/APD/LMD/Sync-lm can be computed for them")
     champion_baseline: bool = Field(True, description="add the registry's current champion (alias `champion` at the "
                                     "tracking URI) beside the baselines when there is one")
     sync_model: str | None = Field(None, description="landmark SyncNet for Sync-lm-D/C: `r3p train --stage syncnet` "

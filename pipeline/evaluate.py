@@ -254,8 +254,10 @@ class ItemScorer:
         states: dict[str, Any] = {}
         skipped: dict[str, str] = {}
         gen_lm = self._face_landmarks(inp, drive, out)
-        no_geo = ("the model's frames carry no fitted geometry (re-fitting generated frames is not built yet; the "
-                  "driving geometry the model was asked to follow is not used in its place)")
+        why = getattr(self.generators.get(model), "refit_error", None)
+        no_geo = (f"the model's frames have no fitted geometry: {why}" if why else
+                  "the model's frames carry no fitted geometry (the driving geometry the model was asked to follow is "
+                  "not used in its place)")
         for fam in PROTOCOL_METRICS[protocol]:
             if fam == "PSNR":
                 m = PSNR()
@@ -647,10 +649,13 @@ def run_evaluate(data: str, cfg: R3PConfig, *, models: list[str] | None = None, 
         from pipeline.lifecycle.registry import ModelRegistry
         from pipeline.tracking import default_tracking_uri
 
-        uri = tracking_uri or ec.tracking_uri or default_tracking_uri(shards.open_dataset(data, check_schema=False).root)
         try:
+            uri = tracking_uri or ec.tracking_uri or default_tracking_uri(
+                shards.open_dataset(data, check_schema=False).root)
             if ModelRegistry(uri).by_alias("champion").get("motion"):
                 wanted.append("champion")
+        except FileNotFoundError:  # no dataset there: said below, after the models are checked
+            pass
         except Exception as exc:  # noqa: BLE001 - an unreadable registry only loses the champion column
             say(f"r3p evaluate: no champion column ({exc})")
     if "champion" in wanted:  # the registry's champion, laid out as a runs folder named champion

@@ -324,7 +324,10 @@ def test_a_trained_model_is_evaluated_through_the_animate_pipeline(dataset, tmp_
                      say=lambda _: None)
     assert s["models"] == ["model", "static", "ground_truth"] and not s["failed"], [f["error"] for f in s["failed"]]
     assert "htbsr-t" in s["model_identity"]["model"] and s["model_paths"]["model"] == str(runs)
-    assert "no fitted geometry" in s["not_computed"]["self"]["model"]["AED"]
+    # geometry metrics come from re-fitting the generated frames: computed, or not computed saying why (these
+    # random-init weights may draw no trackable face); never the driving geometry in their place
+    why = s["not_computed"]["self"].get("model", {}).get("AED")
+    assert (why is None and _value(s, "self", "AED", "model") is not None) or "generated frames" in why, why
     # the table's PSNR is the PSNR of what the generator makes for those items
     layout = shards.open_dataset(str(dataset))
     gen = AnimateGenerator(str(runs), cfg)
@@ -376,3 +379,33 @@ def test_the_registry_champion_joins_the_baselines_and_scores_like_the_same_mode
     assert "motion-t" in s["model_identity"]["champion"]
     for metric in ("PSNR", "SSIM", "CSIM-dlib"):
         assert _value(s, "self", metric, "champion") == pytest.approx(_value(s, "self", metric, "model"), abs=1e-9)
+
+
+def test_refit_of_the_true_frames_recovers_the_stored_geometry(dataset, tmp_path):
+    """The generated frames' geometry is measured by the project's own tracker and fit: on the clip's true frames
+    it comes back closer to the stored fit than a still frame is (AED, LMD), with the head pose within 0.1 rad;
+    frames with no face give no geometry and say why."""
+    from evaluation.metrics import AED, APD, LMD
+    from pipeline.animate_generator import AnimateGenerator
+    from pipeline.evaluate import _select_clips, load_clip
+
+    cfg = load_config("tiny", overrides=[*EVAL_SET, "tracking.crop_size=128"])
+    gen = AnimateGenerator(str(random_runs(tmp_path)), cfg)
+    layout = shards.open_dataset(str(dataset))
+    cid, _ = _select_clips(layout, "all", 1)[0]
+    drive = load_clip(layout, cid, 10)
+    geo, why = gen.refit(drive.frames)
+    assert why is None and geo.landmarks.shape == drive.geometry.landmarks.shape
+
+    def score(metric, a, b):
+        m = metric()
+        m.update(a, b)
+        return next(iter(m.compute().values())).value
+
+    g = drive.geometry
+    still = lambda a: np.repeat(a[:1], len(a), 0)  # noqa: E731 - the static source's geometry
+    assert score(AED, geo.exp, g.exp) < score(AED, still(g.exp), g.exp)
+    assert score(LMD, geo.landmarks, g.landmarks) < score(LMD, still(g.landmarks), g.landmarks)
+    assert score(APD, geo.euler, g.euler) < 0.1  # measured 0.055 rad (3°) on these 128² crops
+    none, why = gen.refit(np.full_like(drive.frames, 90))
+    assert none is None and "no face tracked in the generated frames" in why

@@ -272,3 +272,73 @@ def test_new_batch_clips_get_their_own_ids_and_keep_speakers_and_splits(tmp_path
         assert c.clip_id == mf.clip_id(c.rel_path, c.start_s, c.end_s) != by[c.speaker_id].clip_id
     again, auto = new_batch_clips(str(tmp_path / "in"), cfg, None)
     assert auto.startswith("batch-") and new_batch_clips(str(tmp_path / "in"), cfg, None)[1] == auto  # stable
+
+
+# ------------------------------------------------------------------------------------------------
+# the retrain round's bookkeeping: resume after a crash, idempotence, the decision and the aliases
+# (the data/train/evaluate steps are stood in for here; tests/test_retrain_cluster.py and the demo run them)
+
+
+def test_a_crashed_retrain_continues_from_the_first_unfinished_step_and_is_idempotent(tmp_path, monkeypatch):
+    from pipeline.config import load_config
+    from pipeline.lifecycle import retrain as rt
+    from pipeline.lifecycle.registry import ModelRegistry
+    from preprocessing.video import encode_mp4
+    import numpy as np
+
+    new = tmp_path / "new" / "spk"
+    new.mkdir(parents=True)
+    encode_mp4(new / "c.mp4", np.zeros((25, 64, 64, 3), np.uint8), 25, np.zeros(16000, np.float32))
+    root = tmp_path / "root"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    v1, _ = _register(uri, tmp_path, "a2m", "a2m-champ")
+    ModelRegistry(uri).promote({"a2m": v1}, "first", ["first"])
+    calls: list[str] = []
+    crash = {"train": True}
+
+    def data_step(fs, root_, clips, new_input, batch, rid, cfg, address, say):
+        calls.append("data")
+        return {"version_dir": str(root / "v002"), "version": 2, "previous": 1, "new_clips": len(clips),
+                "reused_clips": 3, "batch": batch}
+
+    def train_step(stage, version_dir, rid, cfg, champ, champ_dir, trained, uri_, address, say):
+        calls.append(f"train:{stage}")
+        assert champ[stage].version == v1 and (champ_dir / "a2m-champ" / "final" / "meta.json").is_file()
+        if crash["train"]:
+            raise RuntimeError("the node died")
+        version, ckpt = _register(uri_, tmp_path, stage, f"{stage}-{rid[:8]}")
+        return {"run": f"{stage}-{rid[:8]}", "checkpoint": str(ckpt), "version": version}
+
+    def evaluate_step(version_dir, chal_dir, champ_dir, work, cfg, uri_, address, say):
+        calls.append("evaluate")
+        assert chal_dir.name == "challenger" and champ_dir.name == "champion"
+        return {"report": "r.html", "out": str(work), "clips": 2, "clip_list_hash": "h", "failed": [],
+                "models": ["challenger", "champion"], "table": [
+                    {"protocol": "self", "metric": "PSNR", "higher_is_better": True,
+                     "values": {"challenger": 21.0, "champion": 20.0, "static": 27.0}}]}
+
+    monkeypatch.setattr(rt, "_data_step", data_step)
+    monkeypatch.setattr(rt, "_train_step", train_step)
+    monkeypatch.setattr(rt, "_evaluate_step", evaluate_step)
+    gate = tmp_path / "gate.yaml"
+    gate.write_text("min_test_clips: 2\nrules: [{metric: PSNR, protocol: self, max_drop: 0.1}]\n"
+                    "improve_any: [{metric: PSNR, protocol: self}]\n")
+    cfg = load_config("tiny")
+    kw = dict(stages="a2m", gate=str(gate), tracking_uri=uri, say=lambda _: None)
+    with pytest.raises(RuntimeError, match="the node died"):
+        rt.run_retrain(str(tmp_path / "new"), str(root), cfg, **kw)
+    assert calls == ["data", "train:a2m"] and not (root / LOCK_NAME).exists()  # the lock goes with the process
+    crash["train"] = False
+    calls.clear()
+    rec = rt.run_retrain(str(tmp_path / "new"), str(root), cfg, **kw)
+    assert calls == ["train:a2m", "evaluate"]  # the data step was done: not redone
+    assert rec["decision"] == "promoted" and rec["champion_before"] == {"a2m": v1}
+    assert rec["champion_after"] == {"a2m": v1 + 1} == rec["challenger"] and rec["new_versions"] == {"a2m": v1 + 1}
+    assert json.loads(Path(rec["record_path"]).read_text())["decision"] == "promoted"
+    reg = ModelRegistry(uri)
+    assert reg.by_alias("previous")["a2m"].version == v1
+    run = reg.c.get_run(rec["mlflow_run_id"])
+    assert run.data.tags["r3p.decision"] == "promoted" and run.data.metrics["challenger.self.PSNR"] == 21.0
+    calls.clear()
+    again = rt.run_retrain(str(tmp_path / "new"), str(root), cfg, **kw)  # the same command once more: nothing
+    assert calls == [] and again["id"] == rec["id"] and again["decision"] == "promoted"

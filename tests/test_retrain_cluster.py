@@ -74,6 +74,9 @@ def servers(tmp_path):
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": "token",
            "RAY_AUTH_TOKEN_PATH": str(token)}
     env.pop("RAY_ADDRESS", None)
+    # an earlier test in this process may have switched Ray's single-machine mode on (pipeline.preprocess.
+    # use_loopback); a second `ray start` node needs it off
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
     gcs, dash, mlf = _free_port(), _free_port(), _free_port()
     import shutil
     import tempfile
