@@ -83,8 +83,9 @@ def _no_ray_left_running():
         pytest.fail("a test module left Ray initialised in the test process")
 
 
-#: the longest test files (about 3–9 min each here), run first: with `pytest -n 2 --dist loadfile` files are
-#: handed out in collection order, so starting the long ones early keeps one of them from being the tail
+#: the longest test files (about 3–9 min each here), run first: `make test` runs `pytest -n 2 --dist loadfile
+#: --no-loadscope-reorder`, which hands files out in collection order (xdist's default reorder puts files with
+#: many tests first, and these one-or-two-test files last, where they become the tail)
 LONG_FIRST = ("test_demo.py", "test_retrain_cluster.py", "test_train_head.py", "test_a2m.py", "test_train.py",
               "test_preprocess.py", "test_evaluate.py", "test_motion_stage.py")
 
