@@ -1,14 +1,21 @@
-"""Benchmark `process_clip`: frames/s per core for each stage and in total, and peak memory.
+"""Benchmark `process_clip`: frames/s per core for each stage and in total, peak memory, accuracy.
 
 Synthesises a talking-face clip (default 10 s at 512²) with ground truth, makes a long clip
 (default 2 min) by looping it with ffmpeg (stream copy, no re-encode), and processes each in a fresh
-single-threaded child process (OMP/MKL/numba/OpenCV threads = 1, so figures are per core). Reports
-per stage: seconds, frames/s and share of the total; the child's peak RSS; and the encoded bytes
-the record holds. The short clip is the baseline the long one is compared with: equal frames/s and a
-peak-RSS difference close to the extra encoded bytes mean memory does not grow with length beyond
-the record's own (encoded) payload.
+single-threaded child process (OMP/MKL/numba/OpenCV threads = 1, so figures are per core; the JIT
+cache is warmed first, as a Ray actor does at start). Reports per stage: seconds, frames/s and share
+of the total; the child's peak RSS; the encoded bytes the record holds; and, on the short clip,
+accuracy against the generator's ground truth (landmark error in crop pixels, head-pose error,
+mouth-opening correlation, person/head/torso IoU of the labels).
+
+`--baseline REF` runs the same clips through the code of git revision REF (a temporary worktree,
+same environment, same child) in the same invocation, and prints before/after per stage with the
+speed-up ratio and the accuracy of both. The short clip is the baseline the long one is compared
+with: equal frames/s and a peak-RSS difference close to the extra encoded bytes mean memory does
+not grow with length beyond the record's own (encoded) payload.
 
     python benchmarks/clip.py [--seconds 10] [--long-seconds 120] [--skip-long] [--keep DIR]
+                              [--baseline REF]
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -29,7 +38,9 @@ SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_T
                  "NUMBA_NUM_THREADS": "1"}
 
 
-def child(path: str, preset: str | None) -> None:
+def child(path: str, preset: str | None, code_root: str | None) -> None:
+    if code_root:
+        sys.path.insert(0, code_root)
     import resource
 
     import cv2
@@ -37,24 +48,53 @@ def child(path: str, preset: str | None) -> None:
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
+    import pipeline
     from pipeline.config import load_config
+    from pipeline.jit_cache import warm_here
     from pipeline.process import make_processor
 
     cfg = load_config(preset)
     t = time.perf_counter()
+    warm_here()
     proc = make_processor(cfg)
     load_s = time.perf_counter() - t
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rec = proc(path)
-    print(json.dumps({"n_frames": rec.n_frames, "timings": rec.timings, "load_s": load_s,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "rss_after_load_mb": rss_before, "encoded_mb": rec.encoded_bytes() / 2**20,
-                      "face_fraction": rec.face_fraction}))
+    out = {"n_frames": rec.n_frames, "timings": rec.timings, "load_s": load_s,
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "rss_after_load_mb": rss_before, "encoded_mb": rec.encoded_bytes() / 2**20,
+           "face_fraction": rec.face_fraction, "code": str(Path(pipeline.__file__).resolve().parents[1])}
+    truth = Path(path).with_suffix(".npz")
+    if truth.is_file():
+        out["accuracy"] = accuracy(rec, dict(np.load(truth)))
+    print(json.dumps(out))
 
 
-def run_child(path: Path, preset: str | None) -> dict:
+def accuracy(rec, gt: dict) -> dict:
+    """The record against the synthetic generator's ground truth (valid frames)."""
+    from pipeline.demo import crop_truth_masks, iou
+    from preprocessing.landmarks.tracking import CropBox, landmarks_to_crop
+    from preprocessing.process import decode_image
+    from preprocessing.record import SEG_HEAD, SEG_TORSO
+
+    ok = np.asarray(rec.valid, bool)
+    lm_true = landmarks_to_crop(gt["landmarks"], CropBox.from_array(rec.crop_box), rec.crop_size)
+    lm_err = np.linalg.norm(rec.landmarks[ok] - lm_true[ok], axis=-1).mean()
+    euler_err = np.degrees(np.abs(rec.euler[ok] - gt["coeffs"][ok, 224:227])).mean(0)
+    labels = np.stack([decode_image(b) for b in rec.seg_png])
+    head_t = crop_truth_masks(gt["head_mask"], rec.crop_box, rec.crop_size)
+    torso_t = crop_truth_masks(gt["torso_mask"], rec.crop_box, rec.crop_size)
+    return {"landmark_err_px": float(lm_err), "yaw_err_deg": float(euler_err[1]),
+            "pitch_err_deg": float(euler_err[0]), "roll_err_deg": float(euler_err[2]),
+            "mouth_r": float(np.corrcoef(rec.mouth_opening[ok], gt["mouth"][ok])[0, 1]),
+            "person_iou": iou(labels > 0, head_t | torso_t), "head_iou": iou(labels == SEG_HEAD, head_t),
+            "torso_iou": iou(labels == SEG_TORSO, torso_t)}
+
+
+def run_child(path: Path, preset: str | None, code_root: Path | None = None) -> dict:
     env = {**os.environ, **SINGLE_THREAD}
     cmd = [sys.executable, __file__, "--child", str(path)] + (["--preset", preset] if preset else [])
+    cmd += ["--code-root", str(code_root)] if code_root else []
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"benchmark child failed on {path}:\n{out.stderr[-3000:]}")
@@ -94,17 +134,54 @@ def report(name: str, r: dict) -> None:
           f"(after loading {r['rss_after_load_mb']:.0f} MiB); encoded images in the record {r['encoded_mb']:.1f} MiB")
 
 
+def report_accuracy(runs: dict[str, dict]) -> None:
+    names = [n for n, r in runs.items() if "accuracy" in r]
+    if not names:
+        return
+    print(f"\n  accuracy vs ground truth  " + "".join(f"{n:>12}" for n in names))
+    for key in runs[names[0]]["accuracy"]:
+        print(f"  {key:<26}" + "".join(f"{runs[n]['accuracy'][key]:>12.4f}" for n in names))
+
+
+def compare(before: dict, after: dict) -> None:
+    """Per stage before/after seconds per frame and the speed-up ratio."""
+    n0, n1 = before["n_frames"], after["n_frames"]
+    t0, t1 = before["timings"], after["timings"]
+    print(f"\n  {'stage':<12}{'ms/frame before':>17}{'after':>9}{'speed-up':>10}")
+    for stage in sorted(set(t0) | set(t1), key=lambda k: -t0.get(k, 0.0)):
+        if stage == "total":
+            continue
+        b, a = 1000 * t0.get(stage, 0.0) / n0, 1000 * t1.get(stage, 0.0) / n1
+        print(f"  {stage:<12}{b:>17.1f}{a:>9.1f}{(b / a if a > 0 else float('inf')):>9.2f}x")
+    b, a = 1000 * t0["total"] / n0, 1000 * t1["total"] / n1
+    print(f"  {'total':<12}{b:>17.1f}{a:>9.1f}{b / a:>9.2f}x   ({n0 / t0['total']:.2f} -> {n1 / t1['total']:.2f} frames/s)")
+    print(f"  peak RSS {before['peak_rss_mb']:.0f} -> {after['peak_rss_mb']:.0f} MiB; encoded images "
+          f"{before['encoded_mb']:.1f} -> {after['encoded_mb']:.1f} MiB")
+
+
+def baseline_tree(ref: str, work: Path) -> Path:
+    """A git worktree of `ref` under `work` (reused when it is already there at that revision)."""
+    sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", ref], capture_output=True, text=True, check=True).stdout.strip()
+    tree = work / f"baseline-{sha[:12]}"
+    if not (tree / "pipeline").is_dir():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(tree), sha], check=True,
+                       capture_output=True)
+    return tree
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--child")
+    ap.add_argument("--code-root")
     ap.add_argument("--preset", default=None)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--long-seconds", type=float, default=120.0)
     ap.add_argument("--skip-long", action="store_true")
     ap.add_argument("--keep", type=Path, help="keep the synthetic clips here (reused by later runs)")
+    ap.add_argument("--baseline", metavar="REF", help="also run git revision REF's code on the same clips")
     args = ap.parse_args()
     if args.child:
-        child(args.child, args.preset)
+        child(args.child, args.preset, args.code_root)
         return
     with tempfile.TemporaryDirectory() as td:
         work = args.keep or Path(td)
@@ -112,17 +189,34 @@ def main() -> None:
         t = time.perf_counter()
         short, long = make_clips(work, args.seconds, None if args.skip_long else args.long_seconds)
         print(f"process_clip benchmark, one core per clip (clips ready in {time.perf_counter() - t:.0f} s)")
-        r_short = run_child(short, args.preset)
-        report(f"short clip {short.name}", r_short)
-        if long is not None:
-            r_long = run_child(long, args.preset)
-            report(f"long clip {long.name}", r_long)
-            fps_s = r_short["n_frames"] / r_short["timings"]["total"]
-            fps_l = r_long["n_frames"] / r_long["timings"]["total"]
-            extra = r_long["encoded_mb"] - r_short["encoded_mb"]
-            print(f"\nlong vs short: frames/s ratio {fps_l / fps_s:.2f}; peak RSS +{r_long['peak_rss_mb'] - r_short['peak_rss_mb']:.0f}"
-                  f" MiB for {r_long['n_frames'] / r_short['n_frames']:.0f}x the frames, of which encoded "
-                  f"images account for {extra:.0f} MiB")
+        tree = baseline_tree(args.baseline, work) if args.baseline else None
+        try:
+            base_short = run_child(short, args.preset, tree) if tree else None
+            r_short = run_child(short, args.preset)
+            report(f"short clip {short.name}", r_short)
+            if base_short:
+                report(f"short clip {short.name}, baseline {args.baseline}", base_short)
+                print(f"\nshort clip, baseline {args.baseline} -> this tree:")
+                compare(base_short, r_short)
+            report_accuracy({**({f"{args.baseline}": base_short} if base_short else {}), "this tree": r_short})
+            if long is not None:
+                base_long = run_child(long, args.preset, tree) if tree else None
+                r_long = run_child(long, args.preset)
+                report(f"long clip {long.name}", r_long)
+                if base_long:
+                    report(f"long clip {long.name}, baseline {args.baseline}", base_long)
+                    print(f"\nlong clip, baseline {args.baseline} -> this tree:")
+                    compare(base_long, r_long)
+                fps_s = r_short["n_frames"] / r_short["timings"]["total"]
+                fps_l = r_long["n_frames"] / r_long["timings"]["total"]
+                extra = r_long["encoded_mb"] - r_short["encoded_mb"]
+                print(f"\nlong vs short: frames/s ratio {fps_l / fps_s:.2f}; peak RSS {r_long['peak_rss_mb']:.0f} vs "
+                      f"{r_short['peak_rss_mb']:.0f} MiB ({r_long['peak_rss_mb'] / r_short['peak_rss_mb']:.2f}x) for "
+                      f"{r_long['n_frames'] / r_short['n_frames']:.0f}x the frames, of which encoded images account "
+                      f"for {extra:.0f} MiB")
+        finally:
+            if tree is not None and not args.keep:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
 
 
 if __name__ == "__main__":

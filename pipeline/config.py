@@ -69,6 +69,9 @@ class LandmarksConfig(_Section):
     detect_max_side: int | None = Field(320, ge=64, description="dlib: detect on a copy downscaled to this "
                                         "longer side (landmarks stay full resolution); null = full size")
     model_dir: Path | None = Field(None, description="insightface: buffalo_l folder (default $R3P_HOME/insightface/...)")
+    detect_every: int = Field(5, ge=1, le=100, description="run the face detector every this many frames and "
+                              "carry the faces between by their landmarks (re-detected at once when a face jumps "
+                              "or is lost); 1 = detect on every frame")
 
 
 class TrackingConfig(_Section):
@@ -470,5 +473,6 @@ def geometry_params(cfg: R3PConfig):
         raise ConfigError(f"config section 'tracking': {exc}") from None
     return GeometryParams(
         limits=VideoLimits(**cfg.video.model_dump()), detector=lm.backend, detector_params=detector_params,
+        detect_every=lm.detect_every,
         tracking=tracking, fitting=FitConfig(solver=f.solver, window=f.window, overlap=f.overlap),
         crop_size=t.crop_size)

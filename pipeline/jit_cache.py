@@ -56,6 +56,7 @@ def _compile_data_path() -> None:
     import numpy as np
 
     from preprocessing import audio, raster
+    from preprocessing.segmentation import parts
 
     verts = np.array([[[1.0, 1.0, 2.0], [6.0, 1.0, 2.0], [1.0, 6.0, 3.0]]])
     tris = np.array([[0, 1, 2]])
@@ -63,6 +64,10 @@ def _compile_data_path() -> None:
     raster.interpolate(frags, tris, np.ones((3, 3), np.float32))
     t = np.arange(audio.SAMPLE_RATE // 5) / audio.SAMPLE_RATE
     audio.audio_features((0.1 * np.sin(2 * np.pi * 150.0 * t)).astype(np.float32), 5)
+    jaw = np.stack([np.linspace(10.0, 30.0, 17), 30.0 - 0.05 * (np.linspace(-10.0, 10.0, 17) ** 2)], -1)
+    lm = np.concatenate([jaw, np.tile([[20.0, 20.0]], (51, 1))])
+    lm[36:42], lm[42:48] = [15.0, 15.0], [25.0, 15.0]
+    parts.body_regions(parts.head_frame(lm), 8, 8)
 
 
 def warm_here() -> None:

@@ -139,6 +139,11 @@ def composite(frame: np.ndarray, person_alpha: np.ndarray, plate_image: np.ndarr
         raise ValueError(f"plate_image must have the frame's shape {frame.shape}, got {plate_image.shape}")
     if alpha.shape != frame.shape[:2]:
         raise ValueError(f"person_alpha must have shape {frame.shape[:2]}, got {alpha.shape}")
+    # plate + alpha·(frame − plate), in place in float32: the same blend with two temporaries instead of six
     a = np.clip(alpha, 0.0, 1.0)[..., None]
-    out = a * frame.astype(np.float32) + (1.0 - a) * plate_image.astype(np.float32)
+    out = frame.astype(np.float32)
+    base = plate_image.astype(np.float32)
+    out -= base
+    out *= a
+    out += base
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)

@@ -166,6 +166,15 @@ class Face3D(torch.nn.Module):
         flat = self.mean_shape + id_coeff @ self.id_base.T + exp_coeff @ self.exp_base.T
         return flat.reshape(flat.shape[0], -1, 3)
 
+    def identity_shape(self, id_coeff: torch.Tensor) -> torch.Tensor:
+        """mean + idBase·id (B, 3N): the part of `shape` fixed for a clip (add `expression_offset`)."""
+        return self.mean_shape + id_coeff @ self.id_base.T
+
+    def shape_from_identity(self, identity: torch.Tensor, exp_coeff: torch.Tensor) -> torch.Tensor:
+        """`shape` from a precomputed `identity_shape` (1 or B, 3N) and expressions (B, 64): (B, N, 3)."""
+        flat = identity + exp_coeff @ self.exp_base.T
+        return flat.reshape(flat.shape[0], -1, 3)
+
     def albedo(self, tex_coeff: torch.Tensor) -> torch.Tensor:
         """Albedo (B, N, 3) in 0..1 = (meantex + texBase·tex) / 255."""
         flat = self.mean_tex + tex_coeff @ self.tex_base.T
@@ -195,10 +204,11 @@ class Face3D(torch.nn.Module):
         posed = self.pose(self.keypoint_shape(c["id"], c["exp"]), c["euler"], c["trans"])
         return uv_to_image(project(posed, size), size)[..., :2]
 
-    def image_xyz(self, coeffs: torch.Tensor, size: int = 224) -> torch.Tensor:
-        """Projected vertices (B, N, 3): x, y image pixels and view depth — geometry only, no shading."""
+    def image_xyz(self, coeffs: torch.Tensor, size: int = 224, shape: torch.Tensor | None = None) -> torch.Tensor:
+        """Projected vertices (B, N, 3): x, y image pixels and view depth — geometry only, no shading.
+        `shape`: the canonical shape (B, N, 3) of these coefficients when already computed."""
         c = split_coeffs(coeffs)
-        posed = self.pose(self.shape(c["id"], c["exp"]), c["euler"], c["trans"])
+        posed = self.pose(self.shape(c["id"], c["exp"]) if shape is None else shape, c["euler"], c["trans"])
         return uv_to_image(project(posed, size), size)
 
     def forward(self, coeffs: torch.Tensor, size: int = 224) -> FaceOutput:

@@ -1,5 +1,8 @@
 """Per-clip geometry: decode → detect landmarks → track the main face → fit the 3DMM.
 
+Faces are detected in full on key frames (every `detect_every` frames) and carried between them
+by their landmarks (`KeyframeDetector`).
+
 `track_and_fit(path, model, params)` runs on any video file and returns a `ClipGeometry`:
 the tracked 68 landmarks (video pixels), the per-clip square crop box, the landmarks in the
 aligned crop, and the fitted coefficients and EG3D cameras in the reference camera of the crop
@@ -19,6 +22,7 @@ from preprocessing.face3d import Face3D
 from preprocessing.face_model import FaceModel
 from preprocessing.fitting import FitConfig, FitResult, fit_clip
 from preprocessing.landmarks import make_detector
+from preprocessing.landmarks.keyframes import KeyframeDetector
 from preprocessing.landmarks.tracking import FaceTrack, TrackingParams, crop_frames, track_faces
 from preprocessing.video import Clip, VideoLimits, load_clip
 
@@ -30,6 +34,7 @@ class GeometryParams:
     limits: VideoLimits = field(default_factory=VideoLimits)
     detector: str = "dlib"
     detector_params: tuple[tuple[str, object], ...] = ()  # e.g. (("upsample", 0),)
+    detect_every: int = 1  # full detection every this many frames, landmarks carried between (KeyframeDetector)
     tracking: TrackingParams = field(default_factory=TrackingParams)
     fitting: FitConfig = field(default_factory=FitConfig)
     crop_size: int = 512
@@ -77,11 +82,12 @@ def track_and_fit(path, model: FaceModel | Face3D, params: GeometryParams | None
         detector = make_detector(p.detector, **dict(p.detector_params))
     timings["decode_probe"] = time.perf_counter() - t0
     detections, t_decode, t_detect = [], 0.0, 0.0
+    keyed = KeyframeDetector(detector, p.detect_every)
     t = time.perf_counter()
     for chunk in clip.chunks(p.chunk):
         t_decode += time.perf_counter() - t
         t = time.perf_counter()
-        detections.extend(detector.detect(frame) for frame in chunk.frames)
+        detections.extend(keyed.detect(frame) for frame in chunk.frames)
         t_detect += time.perf_counter() - t
         t = time.perf_counter()
     timings["decode"], timings["detect"] = t_decode, t_detect

@@ -32,13 +32,15 @@ def _raster(image_xyz: torch.Tensor, tri: np.ndarray, size: int) -> Fragments:
     return rasterize(verts, tri, size, size)
 
 
-def render_secc(face3d: Face3D, id_coeff, exp_coeff, size: int = 512, remove_eyes: bool = True) -> np.ndarray:
-    """Canonical-pose SECC (B, H, W, 3) in [-1, 1], background −1, for id (B, 80) and exp (B, 64)."""
+def render_secc(face3d: Face3D, id_coeff, exp_coeff, size: int = 512, remove_eyes: bool = True,
+                shape: torch.Tensor | None = None) -> np.ndarray:
+    """Canonical-pose SECC (B, H, W, 3) in [-1, 1], background −1, for id (B, 80) and exp (B, 64).
+    `shape`: their canonical shape (B, N, 3) when already computed (e.g. for the posed PNCC)."""
     id_t = torch.as_tensor(np.asarray(id_coeff), dtype=torch.float32).reshape(-1, 80)
     exp_t = torch.as_tensor(np.asarray(exp_coeff), dtype=torch.float32).reshape(-1, 64)
     coeffs = join_coeffs(id=id_t, exp=exp_t)
     with torch.no_grad():
-        xyz = face3d.image_xyz(coeffs, size)
+        xyz = face3d.image_xyz(coeffs, size, shape=shape)
     model = face3d.model
     tri = model.tri_without_eyes() if remove_eyes else model.tri
     frags = _raster(xyz, tri, size)
@@ -50,7 +52,8 @@ def _ncc_code(frags: Fragments, tri: np.ndarray, ncc: np.ndarray) -> np.ndarray:
     return interpolate(frags, tri, 2.0 * ncc - 1.0, background=-1.0)
 
 
-def render_pncc(face3d: Face3D, coeffs, size: int = 512, remove_eyes: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def render_pncc(face3d: Face3D, coeffs, size: int = 512, remove_eyes: bool = True,
+                shape: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Posed PNCC (B, H, W, 3) in [-1, 1] and the face mask (B, H, W) bool, geometry only (no shading).
 
     One rasterisation of all triangles: the mask includes the eyes (as `render_face`); with
@@ -58,7 +61,7 @@ def render_pncc(face3d: Face3D, coeffs, size: int = 512, remove_eyes: bool = Tru
     without them, since the mesh has nothing behind its eyes.
     """
     with torch.no_grad():
-        xyz = face3d.image_xyz(coeffs_tensor(coeffs), size)
+        xyz = face3d.image_xyz(coeffs_tensor(coeffs), size, shape=shape)
     model = face3d.model
     frags = _raster(xyz, model.tri, size)
     pncc = _ncc_code(frags, model.tri, model.ncc())
@@ -86,7 +89,13 @@ def render_face(face3d: Face3D, coeffs, size: int = 512, remove_eyes: bool = Tru
 
 def to_uint8(image: np.ndarray, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
     """Map [lo, hi] floats to uint8 (for PNCC use lo = −1)."""
-    return (np.clip((image - lo) / (hi - lo), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    # in place, the same float operations in the same order as (clip((x − lo)/(hi − lo), 0, 1)·255 + 0.5)
+    y = np.subtract(image, lo, dtype=np.result_type(np.asarray(image).dtype, np.float32))
+    y /= hi - lo
+    np.clip(y, 0.0, 1.0, out=y)
+    y *= 255.0
+    y += 0.5
+    return y.astype(np.uint8)
 
 
 def depth_to_uint8(depth: np.ndarray) -> np.ndarray:

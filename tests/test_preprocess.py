@@ -145,8 +145,9 @@ def test_bad_inputs_mixed_with_good(ray_address, corpus, reference, tmp_path, ca
     assert {"ok", "failed", "skipped", "errors", "seconds", "frames_per_s"} <= set(stats)
 
 
-def test_sigkill_mid_run_then_resume_is_identical(ray_address, corpus, reference, tmp_path):
-    out = tmp_path / "out"
+def _run_and_kill_after_first_shard(ray_address, corpus, out):
+    """Start `r3p preprocess` and SIGKILL its process group as soon as a shard is published; the shards
+    published at the kill."""
     cmd = [sys.executable, "-m", "pipeline.cli", "preprocess", str(corpus / "good.csv"), str(out), "--preset", "tiny",
            "--address", ray_address] + [a for s in REAL_SET for a in ("--set", s)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
@@ -156,12 +157,22 @@ def test_sigkill_mid_run_then_resume_is_identical(ray_address, corpus, reference
         while not (stats.is_dir() and any(p.suffix == ".json" for p in stats.iterdir())):
             assert proc.poll() is None, proc.stdout.read().decode(errors="replace")[-3000:]
             assert time.monotonic() < deadline, "no shard published within 240 s"
-            time.sleep(0.1)
+            time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and anything it started
     finally:
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
-    at_kill = {p.stem for p in stats.iterdir() if p.suffix == ".json"}
+    return {p.stem for p in stats.iterdir() if p.suffix == ".json"}
+
+
+def test_sigkill_mid_run_then_resume_is_identical(ray_address, corpus, reference, tmp_path):
+    # the driver publishes shards as the actors return them; on a loaded machine this test's poll can wake
+    # only after the last one (nothing left to resume): then the kill is tried again on a fresh output
+    for attempt in range(3):
+        out = tmp_path / f"out{attempt}"
+        at_kill = _run_and_kill_after_first_shard(ray_address, corpus, out)
+        if len(at_kill) < 3:
+            break
     assert 1 <= len(at_kill) < 3, "killed mid-run"
 
     summary = run_preprocess(str(corpus / "good.csv"), str(out), load_config("tiny", overrides=REAL_SET))

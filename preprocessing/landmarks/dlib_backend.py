@@ -104,6 +104,44 @@ class DlibDetector:
         return [(d.rect, d.confidence) for d in self._detector(image, self.upsample)
                 if d.confidence >= self.min_score]
 
+    def detect_near(self, image: np.ndarray, box, margin: float = 0.35, face_px: int = 90) -> list[Face]:
+        """Faces found by the detector in a window around `box` (x0, y0, x1, y1; a face's box in the previous
+        frame): the box grown by `margin` of its size on every side, scaled so the face is about `face_px`
+        pixels (the HOG window is 80), without upsampling; landmarks on the full image. For the frames between
+        key frames (`KeyframeDetector`): a fraction of a full detection's cost."""
+        import cv2
+        import dlib
+
+        image = check_image(image)
+        h, w = image.shape[:2]
+        x0, y0, x1, y1 = (float(v) for v in box)
+        side = max(x1 - x0, y1 - y0, 1.0)
+        wx0, wy0 = max(int(x0 - margin * side), 0), max(int(y0 - margin * side), 0)
+        wx1, wy1 = min(int(np.ceil(x1 + margin * side)), w), min(int(np.ceil(y1 + margin * side)), h)
+        if wx1 - wx0 < 16 or wy1 - wy0 < 16:
+            return []
+        s = min(face_px / side, 1.0)
+        window = image[wy0:wy1, wx0:wx1]
+        if s < 1.0:
+            window = cv2.resize(window, (max(round((wx1 - wx0) * s), 1), max(round((wy1 - wy0) * s), 1)),
+                                interpolation=cv2.INTER_AREA)
+        if self.detector_kind == "hog":
+            rects, scores, _ = self._detector.run(np.ascontiguousarray(window), 0, self.min_score)
+            found = list(zip(rects, scores))
+        else:
+            found = [(d.rect, d.confidence) for d in self._detector(np.ascontiguousarray(window), 0)
+                     if d.confidence >= self.min_score]
+        faces = []
+        for r, score in found:
+            rect = dlib.rectangle(round(r.left() / s) + wx0, round(r.top() / s) + wy0,
+                                  round((r.right() + 1) / s) - 1 + wx0, round((r.bottom() + 1) / s) - 1 + wy0)
+            shape = self._predictor(image, rect)
+            pts = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64) + 0.5
+            fbox = np.array([rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1], dtype=np.float64)
+            faces.append(Face(box=fbox, score=float(score), landmarks=pts))
+        faces.sort(key=lambda f: -f.score)
+        return faces
+
     def detect(self, image: np.ndarray) -> list[Face]:
         """Faces in an RGB uint8 image, best score first; landmarks in the +0.5 centre convention."""
         image = check_image(image)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from numba import njit
 
 from .base import BODY_SKIN, CLOTHES, FACE_SKIN, HAIR, OTHERS
 
@@ -147,7 +148,66 @@ def _lateral(hf: HeadFrame, u: float, bounds: BodyBounds) -> tuple[float, float,
 def body_regions(hf: HeadFrame, h: int, w: int, margin: float = 0.03, scale: float = 1.0,
                  bounds: BodyBounds = DEFAULT_BOUNDS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(head, torso, neck) regions (h, w) bool of an image whose pixels are `scale` × the
-    landmarks': see `head_region`, `torso_region`; neck is a strip just under the chin."""
+    landmarks': see `head_region`, `torso_region`; neck is a strip just under the chin.
+
+    Computed per pixel in one compiled pass (`_regions_kernel`); `_body_regions_numpy` is the same
+    geometry written with whole-image arrays (the reference the tests compare it with)."""
+    u = hf.size
+    left, right, brow = _lateral(hf, u, bounds)
+    ja, jb = hf.points(hf.landmarks[0:17], u).T
+    order = np.argsort(ja, kind="stable")
+    head = np.empty((h, w), np.bool_)
+    torso = np.empty((h, w), np.bool_)
+    neck = np.empty((h, w), np.bool_)
+    _regions_kernel(float(scale), float(hf.origin[0]), float(hf.origin[1]), float(hf.right[0]), float(hf.right[1]),
+                    float(hf.down[0]), float(hf.down[1]), float(u), np.ascontiguousarray(ja[order]),
+                    np.ascontiguousarray(jb[order]), float(left), float(right), float(brow), float(hf.chin / u),
+                    float(margin), float(bounds.hair_top), float(bounds.shoulder_rise), float(bounds.shoulder_depth),
+                    float(bounds.neck_half), float(bounds.shoulder_half), float(bounds.arm_spread), head, torso, neck)
+    return head, torso, neck
+
+
+@njit(cache=True, nogil=True)
+def _regions_kernel(scale, ox, oy, rx, ry, dx, dy, u, ja, jb, left, right, brow, chin, margin, hair_top,
+                    shoulder_rise, shoulder_depth, neck_half, shoulder_half, arm_spread, head, torso, neck):
+    h, w = head.shape
+    n = ja.shape[0]
+    low = min(jb.min(), chin) + margin  # above the cut wherever b <= low, below it wherever b > chin + margin
+    inv_s, rxu, ryu, dxu, dyu = 1.0 / scale, rx / u, ry / u, dx / u, dy / u
+    il2, ir2, ihair, idepth = 1.0 / (left * left), 1.0 / (right * right), 1.0 / hair_top, 1.0 / shoulder_depth
+    for i in range(h):
+        y = (i + 0.5) * inv_s - oy
+        a0, b0 = y * ryu, y * dyu
+        for j in range(w):
+            x = (j + 0.5) * inv_s - ox
+            a = x * rxu + a0
+            b = x * dxu + b0
+            # the jaw contour's depth at a (linear between the sorted jaw points), +inf beside it
+            if b <= low or b > chin + margin:
+                jaw = chin
+            elif a < ja[0] or a > ja[n - 1]:
+                jaw = np.inf
+            else:
+                k = np.searchsorted(ja, a, side="right") - 1
+                if k >= n - 1:
+                    jaw = jb[n - 1]
+                else:
+                    span = ja[k + 1] - ja[k]
+                    jaw = jb[k] if span <= 0 else jb[k] + (jb[k + 1] - jb[k]) * (a - ja[k]) / span
+            above = b <= min(jaw, chin) + margin
+            rise = max((brow - b) * ihair, 0.0)
+            head[i, j] = above and a * a * (il2 if a < 0 else ir2) + rise * rise <= 1.0
+            d = b - chin + shoulder_rise
+            grow = min(max(d * idepth, 0.0), 1.0)
+            band = neck_half + (shoulder_half - neck_half) * grow + arm_spread * max(d - shoulder_depth, 0.0)
+            aa = abs(a)
+            torso[i, j] = ((not above) and a >= -left and a <= right) or (d >= 0 and aa <= band)
+            neck[i, j] = aa < 0.2 and b > chin and b < chin + 0.3
+
+
+def _body_regions_numpy(hf: HeadFrame, h: int, w: int, margin: float = 0.03, scale: float = 1.0,
+                        bounds: BodyBounds = DEFAULT_BOUNDS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`body_regions` with whole-image numpy arrays (the reference for the compiled pass)."""
     u = hf.size
     a, b = hf.coords(h, w, scale, unit=u)
     left, right, brow = _lateral(hf, u, bounds)
@@ -291,8 +351,7 @@ def inpaint_torso(frame: np.ndarray, head: np.ndarray, torso: np.ndarray, max_ex
     h, w = frame.shape[:2]
     head = _check_mask("head", head, (h, w)).astype(bool)
     torso = _check_mask("torso", torso, (h, w)).astype(bool) & ~head
-    out = np.zeros_like(frame)
-    out[torso] = frame[torso]
+    out = frame * torso[..., None].astype(np.uint8)
     has = torso.any(0)
     if not has.any() or not head.any():
         return out
@@ -304,20 +363,34 @@ def inpaint_torso(frame: np.ndarray, head: np.ndarray, torso: np.ndarray, max_ex
     if cols.size == 0:
         return out
     ext = int(round(max_extend * h))
-    fill = np.zeros((h, w), bool)
-    colour = np.zeros((h, w, 3), np.float32)
-    for x in cols:
-        t = top[x]
-        ys = np.flatnonzero(torso[t:t + probe, x]) + t
-        c = np.median(frame[ys, x].astype(np.float32), axis=0)
-        y0 = max(t - ext, 0)
-        sel = head[y0:t, x]
-        fill[y0:t, x] = sel
-        colour[y0:t, x] = c
-    if not fill.any():
+    # all occluded columns at once: the median colour of each column's first `probe` rows from its torso top
+    t = top[cols]
+    ys = t[:, None] + np.arange(probe)[None]  # (n, probe)
+    ok = ys < h
+    ys = np.minimum(ys, h - 1)
+    ok &= torso[ys, cols[:, None]]
+    vals = frame[ys, cols[:, None]].astype(np.float32)  # (n, probe, 3)
+    vals[~ok] = np.inf  # sorted last; row `top` itself is torso, so every column has >= 1 value
+    vals.sort(axis=1)
+    k = ok.sum(1)  # values per column
+    lo, hi = ((k - 1) // 2)[:, None, None], (k // 2)[:, None, None]
+    c = (np.take_along_axis(vals, lo, 1)[:, 0] + np.take_along_axis(vals, hi, 1)[:, 0]) / 2  # (n, 3) medians
+    # the head pixels from max(top − ext, 0) up to the torso top, per column; worked on the band's box only
+    # (3 zero columns each side keep the 7-wide blur exact at the box's edges)
+    y0 = np.maximum(t - ext, 0)
+    r0, r1 = int(y0.min()), int(t.max())
+    c0, c1 = max(int(cols[0]) - 3, 0), min(int(cols[-1]) + 4, w)
+    rr = np.arange(r0, r1)[:, None]
+    band = (rr >= y0[None]) & (rr < t[None]) & head[r0:r1, cols]  # (rows, n)
+    if not band.any():
         return out
+    fill = np.zeros((r1 - r0, c1 - c0), bool)
+    fill[:, cols - c0] = band
+    colour = np.zeros((r1 - r0, c1 - c0, 3), np.float32)
+    colour[:, cols - c0] = band[..., None] * c[None]
     # even out column-to-column noise within the filled band only
     weight = cv2.blur(fill.astype(np.float32), (7, 1))
-    smooth = cv2.blur(colour * fill[..., None], (7, 1)) / np.maximum(weight, 1e-6)[..., None]
-    out[fill] = np.clip(smooth[fill] + 0.5, 0, 255).astype(np.uint8)
+    smooth = cv2.blur(colour, (7, 1)) / np.maximum(weight, 1e-6)[..., None]
+    roi = out[r0:r1, c0:c1]
+    roi[fill] = np.clip(smooth[fill] + 0.5, 0, 255).astype(np.uint8)
     return out
