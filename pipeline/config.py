@@ -69,7 +69,7 @@ class LandmarksConfig(_Section):
     detect_max_side: int | None = Field(320, ge=64, description="dlib: detect on a copy downscaled to this "
                                         "longer side (landmarks stay full resolution); null = full size")
     model_dir: Path | None = Field(None, description="insightface: buffalo_l folder (default $R3P_HOME/insightface/...)")
-    detect_every: int = Field(5, ge=1, le=100, description="run the face detector every this many frames and "
+    detect_every: int = Field(10, ge=1, le=100, description="run the face detector every this many frames and "
                               "carry the faces between by their landmarks (re-detected at once when a face jumps "
                               "or is lost); 1 = detect on every frame")
 

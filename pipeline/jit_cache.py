@@ -55,7 +55,7 @@ def _compile_data_path() -> None:
     """Call every JIT-compiled function of the data path once on tiny inputs (compiles or loads them)."""
     import numpy as np
 
-    from preprocessing import audio, raster
+    from preprocessing import audio, raster, render
     from preprocessing.segmentation import parts
 
     verts = np.array([[[1.0, 1.0, 2.0], [6.0, 1.0, 2.0], [1.0, 6.0, 3.0]]])
@@ -68,6 +68,7 @@ def _compile_data_path() -> None:
     lm = np.concatenate([jaw, np.tile([[20.0, 20.0]], (51, 1))])
     lm[36:42], lm[42:48] = [15.0, 15.0], [25.0, 15.0]
     parts.body_regions(parts.head_frame(lm), 8, 8)
+    render.to_uint8(np.zeros((2, 2, 3), np.float32), -1.0)
 
 
 def warm_here() -> None:

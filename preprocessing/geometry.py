@@ -1,7 +1,7 @@
 """Per-clip geometry: decode → detect landmarks → track the main face → fit the 3DMM.
 
-Faces are detected in full on key frames (every `detect_every` frames) and carried between them
-by their landmarks (`KeyframeDetector`).
+Faces are detected on the whole frame on key frames (every `detect_every` frames) and near their
+previous box between them (`KeyframeDetector`).
 
 `track_and_fit(path, model, params)` runs on any video file and returns a `ClipGeometry`:
 the tracked 68 landmarks (video pixels), the per-clip square crop box, the landmarks in the
@@ -34,7 +34,7 @@ class GeometryParams:
     limits: VideoLimits = field(default_factory=VideoLimits)
     detector: str = "dlib"
     detector_params: tuple[tuple[str, object], ...] = ()  # e.g. (("upsample", 0),)
-    detect_every: int = 1  # full detection every this many frames, landmarks carried between (KeyframeDetector)
+    detect_every: int = 1  # whole-frame detection every this many frames, near the previous box between
     tracking: TrackingParams = field(default_factory=TrackingParams)
     fitting: FitConfig = field(default_factory=FitConfig)
     crop_size: int = 512

@@ -20,7 +20,9 @@ from training.stage import StageError
 SMALL = dict(render_resolution=16, image_size=32, plane_resolution=32, samples_coarse=12, samples_fine=12,
              batch_size=4, width=24, adapter_width=24)
 EXP_STD = 2.0
-STEPS = 600
+STEPS = 900
+SPEAKERS = 32  # 16 speakers (128 pairs) overfitted: on held-out heads the adapter did no better than I2P alone
+HELD_OUT = 8
 
 
 def _fit(stage, model, data, p, steps, seed=0):
@@ -85,10 +87,10 @@ def test_adapter_lowers_lip_l1_against_i2p_only():
     motion.init_from_i2p(model, pre.state_dict())
     for mod in (model.i2p,):
         mod.requires_grad_(False)
-    _fit(motion.STAGE, model, _cat([_speaker_pairs(teacher, s, 8, pm) for s in range(16)]), pm, STEPS, seed=1)
+    _fit(motion.STAGE, model, _cat([_speaker_pairs(teacher, s, 8, pm) for s in range(SPEAKERS)]), pm, STEPS, seed=1)
 
     model.eval()
-    held = _cat([_speaker_pairs(teacher, s, 4, pm) for s in range(200, 204)])
+    held = _cat([_speaker_pairs(teacher, s, 4, pm) for s in range(200, 200 + HELD_OUT)])
     with torch.no_grad():
         planes = model.planes(held["input"])
         with_ad = model.render(planes, held["cam"], held["secc"])
@@ -96,7 +98,9 @@ def test_adapter_lowers_lip_l1_against_i2p_only():
     lip = held["lip"]
     l1 = lambda out: float(((out["sr"] - held["sr"]).abs() * lip).sum() / (3 * lip.sum()))  # noqa: E731
     print("lip L1 adapter", l1(with_ad), "i2p only", l1(only), "source", l1({"sr": held["input"]}))
-    assert l1(with_ad) < 0.97 * l1(only)  # measured 0.354 vs 0.374 (and 0.429 for the source unchanged)
+    # measured 0.335 vs 0.383 (0.452 for the source unchanged); with 16 training speakers × 600 steps the
+    # adapter came out at 0.377 vs 0.367 in one environment and 0.354 vs 0.374 in another
+    assert l1(with_ad) < 0.95 * l1(only)
     op, m = with_ad["opacity"] > 0.5, held["mask"] > 0.5
     iou = float((op & m).sum() / (op | m).sum())
     print("opacity IoU", iou)
