@@ -190,23 +190,23 @@ def main() -> None:
         short, long = make_clips(work, args.seconds, None if args.skip_long else args.long_seconds)
         print(f"process_clip benchmark, one core per clip (clips ready in {time.perf_counter() - t:.0f} s)")
         tree = baseline_tree(args.baseline, work) if args.baseline else None
+
+        def run(label: str, clip: Path) -> tuple[dict, dict | None]:
+            """This tree (and the baseline's code) on `clip`, reported and compared."""
+            base = run_child(clip, args.preset, tree) if tree else None
+            ours = run_child(clip, args.preset)
+            report(f"{label} clip {clip.name}", ours)
+            if base:
+                report(f"{label} clip {clip.name}, baseline {args.baseline}", base)
+                print(f"\n{label} clip, baseline {args.baseline} -> this tree:")
+                compare(base, ours)
+            return ours, base
+
         try:
-            base_short = run_child(short, args.preset, tree) if tree else None
-            r_short = run_child(short, args.preset)
-            report(f"short clip {short.name}", r_short)
-            if base_short:
-                report(f"short clip {short.name}, baseline {args.baseline}", base_short)
-                print(f"\nshort clip, baseline {args.baseline} -> this tree:")
-                compare(base_short, r_short)
+            r_short, base_short = run("short", short)
             report_accuracy({**({f"{args.baseline}": base_short} if base_short else {}), "this tree": r_short})
             if long is not None:
-                base_long = run_child(long, args.preset, tree) if tree else None
-                r_long = run_child(long, args.preset)
-                report(f"long clip {long.name}", r_long)
-                if base_long:
-                    report(f"long clip {long.name}, baseline {args.baseline}", base_long)
-                    print(f"\nlong clip, baseline {args.baseline} -> this tree:")
-                    compare(base_long, r_long)
+                r_long, _ = run("long", long)
                 fps_s = r_short["n_frames"] / r_short["timings"]["total"]
                 fps_l = r_long["n_frames"] / r_long["timings"]["total"]
                 extra = r_long["encoded_mb"] - r_short["encoded_mb"]

@@ -97,12 +97,23 @@ class DlibDetector:
                     for r, score in self._detect_rects(small)]
         return self._detect_rects(image)
 
-    def _detect_rects(self, image: np.ndarray) -> list[tuple[object, float]]:
+    def _detect_rects(self, image: np.ndarray, upsample: int | None = None) -> list[tuple[object, float]]:
+        up = self.upsample if upsample is None else upsample
         if self.detector_kind == "hog":
-            rects, scores, _ = self._detector.run(image, self.upsample, self.min_score)
+            rects, scores, _ = self._detector.run(image, up, self.min_score)
             return list(zip(rects, scores))
-        return [(d.rect, d.confidence) for d in self._detector(image, self.upsample)
-                if d.confidence >= self.min_score]
+        return [(d.rect, d.confidence) for d in self._detector(image, up) if d.confidence >= self.min_score]
+
+    def _faces(self, image: np.ndarray, found) -> list[Face]:
+        """Landmarks on `image` in each (dlib rectangle, score), best score first, in the +0.5 convention."""
+        faces = []
+        for rect, score in found:
+            shape = self._predictor(image, rect)
+            pts = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64) + 0.5
+            box = np.array([rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1], dtype=np.float64)
+            faces.append(Face(box=box, score=float(score), landmarks=pts))
+        faces.sort(key=lambda f: -f.score)
+        return faces
 
     def detect_near(self, image: np.ndarray, box, margin: float = 0.35, face_px: int = 90) -> list[Face]:
         """Faces found by the detector in a window around `box` (x0, y0, x1, y1; a face's box in the previous
@@ -125,34 +136,15 @@ class DlibDetector:
         if s < 1.0:
             window = cv2.resize(window, (max(round((wx1 - wx0) * s), 1), max(round((wy1 - wy0) * s), 1)),
                                 interpolation=cv2.INTER_AREA)
-        if self.detector_kind == "hog":
-            rects, scores, _ = self._detector.run(np.ascontiguousarray(window), 0, self.min_score)
-            found = list(zip(rects, scores))
-        else:
-            found = [(d.rect, d.confidence) for d in self._detector(np.ascontiguousarray(window), 0)
-                     if d.confidence >= self.min_score]
-        faces = []
-        for r, score in found:
-            rect = dlib.rectangle(round(r.left() / s) + wx0, round(r.top() / s) + wy0,
-                                  round((r.right() + 1) / s) - 1 + wx0, round((r.bottom() + 1) / s) - 1 + wy0)
-            shape = self._predictor(image, rect)
-            pts = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64) + 0.5
-            fbox = np.array([rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1], dtype=np.float64)
-            faces.append(Face(box=fbox, score=float(score), landmarks=pts))
-        faces.sort(key=lambda f: -f.score)
-        return faces
+        found = [(dlib.rectangle(round(r.left() / s) + wx0, round(r.top() / s) + wy0,
+                                 round((r.right() + 1) / s) - 1 + wx0, round((r.bottom() + 1) / s) - 1 + wy0), score)
+                 for r, score in self._detect_rects(np.ascontiguousarray(window), upsample=0)]
+        return self._faces(image, found)
 
     def detect(self, image: np.ndarray) -> list[Face]:
         """Faces in an RGB uint8 image, best score first; landmarks in the +0.5 centre convention."""
         image = check_image(image)
-        faces = []
-        for rect, score in self._rects(image):
-            shape = self._predictor(image, rect)
-            pts = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64) + 0.5
-            box = np.array([rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1], dtype=np.float64)
-            faces.append(Face(box=box, score=float(score), landmarks=pts))
-        faces.sort(key=lambda f: -f.score)
-        return faces
+        return self._faces(image, self._rects(image))
 
 
 register_backend("dlib", DlibDetector)

@@ -16,14 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import Face
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+from .tracking import box_iou
 
 
 class KeyframeDetector:
@@ -51,10 +44,14 @@ class KeyframeDetector:
         """Every previous face found again near its box (the best-overlapping detection), else None."""
         found = []
         for prev in self._faces:
-            cands = [f for f in self.detector.detect_near(frame, prev.box) if _iou(f.box, prev.box) >= self.min_iou]
+            cands = self.detector.detect_near(frame, prev.box)
             if not cands:
                 return None
-            found.append(max(cands, key=lambda f: _iou(f.box, prev.box)))
+            overlap = box_iou([f.box for f in cands], prev.box)[:, 0]
+            best = int(np.argmax(overlap))
+            if overlap[best] < self.min_iou:
+                return None
+            found.append(cands[best])
         return found
 
     def detect(self, frame: np.ndarray) -> list[Face]:
